@@ -31,7 +31,7 @@ def synthetic_cifar(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.empty(n, 3, 32, 32, dtype=torch.uint8)
     for start in range(0, n, 10_000):
         y = labels[start : start + 10_000]
-        noisy = templates[y] + 0.35 * torch.randn(len(y), 3, 32, 32, generator=g)
+        noisy = templates[y] + 0.8 * torch.randn(len(y), 3, 32, 32, generator=g)
         images[start : start + 10_000] = (noisy.clamp(0, 1) * 255).to(torch.uint8)
     return images, labels
 

@@ -104,13 +104,21 @@ def score(
     over-grown network's loss change, and each is its candidate's share of it.
     """
     eps = [e for c in candidates for e in c.eps_tensors()]
+    directions = [t for c in candidates for t in c.tensors() if not any(t is e for e in eps)]
     total = [torch.zeros_like(e) for e in eps]
-    for k in range(path_points):
-        t = (k + 0.5) / path_points
-        for batch in batches:
-            grads = torch.autograd.grad(_loss(model, candidates, batch, t), eps)
-            for acc, g in zip(total, grads, strict=True):
-                acc.add_(g)
+    # Only eps needs a gradient here; freezing the directions skips their conv gradients.
+    for d in directions:
+        d.requires_grad_(False)
+    try:
+        for k in range(path_points):
+            t = (k + 0.5) / path_points
+            for batch in batches:
+                grads = torch.autograd.grad(_loss(model, candidates, batch, t), eps)
+                for acc, g in zip(total, grads, strict=True):
+                    acc.add_(g)
+    finally:
+        for d in directions:
+            d.requires_grad_(True)
     n = path_points * len(batches)
     scored = []
     it = iter(total)
