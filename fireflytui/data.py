@@ -14,12 +14,13 @@ import math
 import os
 import re
 import socket
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,7 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 _CACHE_VERSION = "1"
+_TORCHVISION_IO_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
 _DOWNLOAD_TIMEOUT_S = 30.0
 _DOWNLOAD_HINT = {
     "cifar10": "cifar-10-batches-py/",
@@ -106,7 +108,6 @@ class Dataset:
     std: tuple[float, ...]  # per channel, on the 0..1 scale
     source: str = ""
     location: str = ""  # the directory the images came from, "" when generated
-    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -255,7 +256,8 @@ def make_shapes(n: int, seed: int, *, size: int = SHAPES_IMAGE_SIZE) -> DataSpli
     """n images (3 x size x size) of 10 shape classes on noisy, shaded backgrounds.
 
     Labels are balanced (n // 10 per class, the first n % 10 classes get one more); position,
-    size, aspect, colours and noise are jittered; the result depends only on n, seed and size.
+    size, aspect, colours, shading and noise are jittered; the result depends only on n, seed
+    and size.
     """
     g = torch.Generator().manual_seed(seed)
     k = len(SHAPES_CLASSES)
@@ -270,27 +272,46 @@ def make_shapes(n: int, seed: int, *, size: int = SHAPES_IMAGE_SIZE) -> DataSpli
     cx = rx + torch.rand(n, generator=g) * (size - 2 * rx)  # pixels, shape inside the image
     cy = ry + torch.rand(n, generator=g) * (size - 2 * ry)
     coords = torch.arange(size, dtype=torch.float32) + 0.5  # pixel centres
-    u = (coords.view(1, 1, size) - cx.view(n, 1, 1)) / rx.view(n, 1, 1)  # n x 1 x size
-    v = (coords.view(1, size, 1) - cy.view(n, 1, 1)) / ry.view(n, 1, 1)  # n x size x 1
+    u = (coords.view(1, 1, size) - cx.view(n, 1, 1)) / rx.view(n, 1, 1)  # n x 1 x S
+    v = (coords.view(1, size, 1) - cy.view(n, 1, 1)) / ry.view(n, 1, 1)  # n x S x 1
 
-    mask = torch.zeros(n, size, size, dtype=torch.bool)
+    # Each image is bg + (fg - bg) * mask + shading + noise per channel: one batched matmul of
+    # per-image colour weights (n x 3 x 3) with three fields (n x 3 x S*S).
+    fields = torch.empty(n, 3, size, size)
     for c in range(k):
         idx = (labels == c).nonzero().squeeze(1)
         if len(idx):
-            mask[idx] = _shape_mask(c, u[idx], v[idx])
-
+            fields[idx, 0] = _shape_mask(c, u[idx], v[idx]).float()
+    slope_x, slope_y = uniform(-1.0, 1.0, 2, n, 1, 1)  # shading, in units of its full swing
+    ramp = coords / size - 0.5  # -0.5..0.5 across the image
+    fields[:, 1] = slope_x * ramp.view(1, 1, size) + slope_y * ramp.view(1, size, 1)
+    fields[:, 2] = _noise_fields(n, size, g)  # unit Gaussian noise
     dark = torch.rand(n, 1, generator=g) < 0.5  # dark background, light shape, or the reverse
-    bg = torch.where(dark, uniform(0.0, 0.4, n, 3), uniform(0.6, 1.0, n, 3))  # n x 3
-    fg = torch.where(dark, uniform(0.6, 1.0, n, 3), uniform(0.0, 0.4, n, 3))
-    ramp = uniform(-0.15, 0.15, n, 2)  # background shading, per image width
-    shade = ramp[:, 0].view(n, 1, 1) * (coords.view(1, 1, size) / size - 0.5) + ramp[:, 1].view(
-        n, 1, 1
-    ) * (coords.view(1, size, 1) / size - 0.5)  # n x S x S
-    background = bg.view(n, 3, 1, 1) + shade.unsqueeze(1)
-    images = torch.where(mask.unsqueeze(1), fg.view(n, 3, 1, 1), background)  # n x 3 x S x S
-    images += 0.08 * torch.randn(n, 3, size, size, generator=g)
-    images = (images.clamp_(0.0, 1.0) * 255.0).round_().to(torch.uint8)
+    bg = torch.where(dark, uniform(0.0, 100.0, n, 3), uniform(155.0, 255.0, n, 3))  # levels
+    fg = torch.where(dark, uniform(155.0, 255.0, n, 3), uniform(0.0, 100.0, n, 3))
+    weights = torch.stack(
+        [fg - bg, uniform(20.0, 50.0, n, 1).expand(n, 3), uniform(10.0, 25.0, n, 1).expand(n, 3)],
+        dim=2,
+    )  # n x 3 x 3: shape contrast, shading swing and noise std, in levels
+    images = torch.baddbmm((bg + 0.5).unsqueeze(2), weights, fields.view(n, 3, size * size))
+    images = images.clamp_(0.0, 255.0).to(torch.uint8).view(n, 3, size, size)  # +0.5: rounds
     return DataSplit(images, labels, list(SHAPES_CLASSES))
+
+
+def _noise_fields(n: int, size: int, g: torch.Generator) -> Tensor:
+    """n unit-Gaussian size x size fields, cut at random from a small bank: n x size x size.
+
+    A 64-field bank of 4 x size square fields with random offsets gives about 600,000 distinct
+    fields for a sixteenth of the random draws of fresh noise.
+    """
+    side = 4 * size
+    bank = torch.randn(64, 1, side, side, generator=g)  # 64 x 1 x 4S x 4S
+    offsets = (
+        torch.randint(0, 64, (n,), generator=g) * side * side
+        + torch.randint(0, side - size + 1, (n,), generator=g) * side
+        + torch.randint(0, side - size + 1, (n,), generator=g)
+    )
+    return _windows(bank, (1, size, size)).index_select(0, offsets).view(n, size, size)
 
 
 def _shape_mask(label: int, u: Tensor, v: Tensor) -> Tensor:
@@ -360,10 +381,20 @@ def _load_imagefolder(root: Path, cache_dir: Path) -> tuple[DataSplit, DataSplit
     return train, test
 
 
+class _ImageFile(NamedTuple):
+    """One image of an image-folder tree, with what the cache fingerprint needs."""
+
+    path: str
+    name: str  # relative to the image folder, e.g. "train/cat/0001.jpg"
+    label: int
+    size: int  # bytes
+    mtime_ns: int
+
+
 def _list_split(
     root: Path, split: str, classes: list[str] | None
-) -> tuple[list[str], list[tuple[Path, int, os.stat_result]]]:
-    """Class names (sorted folder names) and (path, label, stat) of every image in a split."""
+) -> tuple[list[str], list[_ImageFile]]:
+    """Class names (sorted folder names, or those of train/) and every image file in a split."""
     base = root / split
     found = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
     if classes is None:
@@ -380,21 +411,22 @@ def _list_split(
         if not folder.is_dir():
             continue
         entries = sorted(
-            (e for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")),
+            (e for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file()),
             key=lambda e: e.name,
         )
-        for entry in entries:
-            if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-                files.append((Path(entry.path), label, entry.stat()))
+        for e in entries:
+            if e.name[e.name.rfind(".") :].lower() in IMAGE_SUFFIXES:
+                st = e.stat()
+                rel = f"{split}/{name}/{e.name}"
+                files.append(_ImageFile(e.path, rel, label, st.st_size, st.st_mtime_ns))
     return classes, files
 
 
-def _fingerprint(root: Path, classes: list[str], files: list[tuple[Path, int, Any]]) -> str:
+def _fingerprint(root: Path, classes: list[str], files: list[_ImageFile]) -> str:
     """A digest of the folder's path, classes and every file's name, size and mtime."""
     h = hashlib.sha256()
     h.update(f"v{_CACHE_VERSION}\n{root.resolve()}\n{json.dumps(classes)}\n".encode())
-    for path, label, st in files:
-        h.update(f"{path.relative_to(root)}\t{label}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    h.update("".join(f"{f.name}\t{f.label}\t{f.size}\t{f.mtime_ns}\n" for f in files).encode())
     return h.hexdigest()
 
 
@@ -405,19 +437,16 @@ def _slug(root: Path) -> str:
     return f"{name}-{hashlib.sha256(resolved.encode()).hexdigest()[:16]}"
 
 
-def _decode_split(files: list[tuple[Path, int, Any]], classes: list[str]) -> DataSplit:
+def _decode_split(files: list[_ImageFile], classes: list[str]) -> DataSplit:
     """Decodes every file to RGB in parallel chunks and stacks them: N x 3 x H x W uint8."""
-    paths = [p for p, _, _ in files]
+    paths = [f.path for f in files]
     chunk = 512  # files per task
     workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        decoded = [
-            img
-            for part in pool.map(
-                _decode_files, (paths[i : i + chunk] for i in range(0, len(paths), chunk))
-            )
-            for img in part
-        ]
+    with warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool:
+        # torchvision 0.29 deprecates its decoders in favour of torchcodec, once per call
+        warnings.filterwarnings("ignore", _TORCHVISION_IO_DEPRECATION, DeprecationWarning)
+        parts = pool.map(_decode_files, (paths[i : i + chunk] for i in range(0, len(paths), chunk)))
+        decoded = [img for part in parts for img in part]
     first = decoded[0].shape
     for path, img in zip(paths, decoded, strict=True):
         if img.shape != first:
@@ -425,41 +454,50 @@ def _decode_split(files: list[tuple[Path, int, Any]], classes: list[str]) -> Dat
                 f"{path} is {_size(img)} but {paths[0]} is {_size(decoded[0])}; "
                 "all images must have the same size"
             )
-    labels = torch.tensor([label for _, label, _ in files], dtype=torch.int64)
+    labels = torch.tensor([f.label for f in files], dtype=torch.int64)
     return DataSplit(torch.stack(decoded), labels, list(classes))
 
 
-def _decode_files(paths: list[Path]) -> list[Tensor]:
-    """3 x H x W uint8 per file: JPEGs in one batched call, other formats one by one."""
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+def _decode_files(paths: list[str]) -> list[Tensor]:
+    """3 x H x W uint8 per file: JPEGs in one batched torchvision call, the rest one by one.
+
+    Falls back to PIL for formats torchvision cannot read, and for everything when a
+    torchvision release no longer has its image decoders.
+    """
+    try:
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    except ImportError:
+        return [_decode_pil(path) for path in paths]
 
     raw = []
     for path in paths:
         try:
-            raw.append(read_file(str(path)))
-        except (OSError, RuntimeError) as e:
+            with open(path, "rb") as f:
+                content = bytearray(f.read())
+        except OSError as e:
             raise DataError(f"cannot read {path}: {_one_line(e)}") from None
+        if not content:
+            raise DataError(f"{path} is empty")
+        raw.append(torch.frombuffer(content, dtype=torch.uint8))
     out: list[Tensor | None] = [None] * len(paths)
     jpegs = [i for i, data in enumerate(raw) if data[:3].tolist() == [0xFF, 0xD8, 0xFF]]
     if jpegs:
         try:
-            for i, img in zip(
-                jpegs, decode_jpeg([raw[i] for i in jpegs], mode=ImageReadMode.RGB), strict=True
-            ):
+            batch = decode_jpeg([raw[i] for i in jpegs], mode=ImageReadMode.RGB)
+            for i, img in zip(jpegs, batch, strict=True):
                 out[i] = img
         except RuntimeError:
             pass  # a broken file in the batch: decode one by one below to name it
     for i, path in enumerate(paths):
-        if out[i] is not None:
-            continue
-        try:
-            out[i] = decode_image(raw[i], mode=ImageReadMode.RGB)
-        except RuntimeError:
-            out[i] = _decode_pil(path)
+        if out[i] is None:
+            try:
+                out[i] = decode_image(raw[i], mode=ImageReadMode.RGB)
+            except RuntimeError:
+                out[i] = _decode_pil(path)
     return out  # type: ignore[return-value]
 
 
-def _decode_pil(path: Path) -> Tensor:
+def _decode_pil(path: str) -> Tensor:
     """Decodes what torchvision cannot (BMP, TIFF, PPM) with PIL: 3 x H x W uint8."""
     import numpy as np
     from PIL import Image
@@ -476,11 +514,13 @@ def _size(img: Tensor) -> str:
     return f"{img.shape[-1]}x{img.shape[-2]} pixels"
 
 
-def _check_same_size(train: DataSplit, test: DataSplit, train_files: list, test_files: list):
+def _check_same_size(
+    train: DataSplit, test: DataSplit, train_files: list[_ImageFile], test_files: list[_ImageFile]
+) -> None:
     if train.images.shape[1:] != test.images.shape[1:]:
         raise DataError(
-            f"{test_files[0][0]} is {_size(test.images[0])} but "
-            f"{train_files[0][0]} is {_size(train.images[0])}; all images must have "
+            f"{test_files[0].path} is {_size(test.images[0])} but "
+            f"{train_files[0].path} is {_size(train.images[0])}; all images must have "
             "the same size"
         )
 
@@ -686,9 +726,9 @@ class Batches:
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self._scale = 1.0 / (255.0 * std_t)  # uint8 level -> normalised units
         self._shift = -mean_t / std_t
-        self._epoch_start: torch.Tensor | None = None  # generator state when this epoch began
+        self._epoch_start: Tensor | None = None  # generator state when this epoch began
         self._position = 0  # batches of the current epoch already yielded
-        self._resume: tuple[torch.Tensor, int] | None = None
+        self._resume: tuple[Tensor, int] | None = None  # set by load_state_dict
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -726,12 +766,10 @@ class Batches:
             yield self._normalise(self._images[lo:hi]), self._labels[lo:hi]
 
     def _plan_epoch(self) -> tuple[Tensor, Tensor, list[int]]:
-        """Draws an epoch's order, shifts and flips on the CPU; returns device offsets, order
-        and the number of flipped samples per batch.
+        """Draws an epoch's order, shifts and flips: window offsets, order, flips per batch.
 
-        Flipped samples are moved to the front of their batch, so one slice flips them; the
-        order within a batch carries no meaning, so the batches are distributed as with an
-        independent coin per sample.
+        Flipped samples go to the front of their batch so that one slice flips them; order
+        within a batch carries no meaning, so this is the same as a coin per sample.
         """
         n, c, (hp, wp) = self.num_samples, self.shape[0], self._images.shape[2:]
         g = self.generator
