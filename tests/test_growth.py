@@ -23,10 +23,11 @@ from fireflytui import (
 )
 from fireflytui.growth import firefly
 from fireflytui.growth.apply import batch_loss, calibrate_batch_norm, grow_model
+from fireflytui.growth.overgrown import overgrown_forward
 
 FAMILIES = {
     "vgg11": dict(width=8, shape=(3, 32, 32)),
-    "mobilenetv1": dict(width=4, shape=(3, 16, 16)),
+    "mobilenetv1": dict(width=8, shape=(3, 32, 32)),
     "mlp": dict(width=24, shape=(1, 12, 12)),
 }
 FAST = GrowthConfig(fit_steps=6, path_points=2, batches=2, new_candidates=4)
@@ -135,10 +136,11 @@ def test_depthwise_grows_with_its_pointwise_producer():
 
 def test_selection_is_global_top_eta():
     model, _, batches = setup("vgg11")
-    config = FAST
+    config = GrowthConfig(**{**FAST.to_dict(), "batches": 2})
     candidates = firefly.make_candidates(model, config, torch.Generator().manual_seed(3))
-    firefly.fit(model, candidates, batches[:2], config)
-    scored = firefly.score(model, candidates, batches[:2], config.path_points)
+    # grow_step fits on the first half of its sample and scores on the second.
+    firefly.fit(model, candidates, batches[:1], config)
+    scored = firefly.score(model, candidates, batches[1:2], config.path_points)
     eta = 5
     chosen = firefly.select(scored, eta)
     assert len(chosen) == eta
@@ -166,10 +168,10 @@ def test_scores_predict_loss_decrease_better_than_random_choice():
         model, _ = trained("vgg11", 8, 40, seed, (3, 32, 32))
         x, y = templates_dataset(64 * 5, 100 + seed, (3, 32, 32))
         batches = batches_of(x, y, 64)
-        fit, held = batches[:4], batches[4]
+        fit, scoring, held = batches[:2], batches[2:4], batches[4]
         candidates = firefly.make_candidates(model, config, torch.Generator().manual_seed(seed))
         firefly.fit(model, candidates, fit, config)
-        scored = firefly.score(model, candidates, fit, config.path_points)
+        scored = firefly.score(model, candidates, scoring, config.path_points)
         base = batch_loss(model, held)
         for chosen, gains in (
             (firefly.select(scored, eta), gains_top),
@@ -180,11 +182,28 @@ def test_scores_predict_loss_decrease_better_than_random_choice():
             calibrate_batch_norm(model, grown, growths, fit)
             gains.append(base - batch_loss(grown, held))
         baseline = grow_step(model, fit, eta, GrowthConfig(method="random"), held=held)
+        assert grow_step(model, batches[:4], eta, config, held=held).report.eta == eta
         gains_baseline.append(-baseline.report.measured_loss_change)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     assert mean(gains_top) > 0
     assert mean(gains_top) > mean(gains_random)
     assert mean(gains_top) > mean(gains_baseline)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_scores_sum_to_the_overgrown_loss_change(name):
+    """Integrated gradients are complete: the scores add up to L(fitted eps) - L(0)."""
+    model, _, batches = setup(name, steps=20)
+    candidates = firefly.make_candidates(model, FAST, torch.Generator().manual_seed(0))
+    firefly.fit(model, candidates, batches[:2], FAST)
+    scored = firefly.score(model, candidates, batches[2:], path_points=32)
+    with torch.no_grad():
+        change = sum(
+            F.cross_entropy(overgrown_forward(model, candidates, x), y) - batch_loss(model, (x, y))
+            for x, y in batches[2:]
+        ) / len(batches[2:])
+    assert abs(change) > 1e-3
+    assert sum(c.score for c in scored) == pytest.approx(float(change), rel=0.1)
 
 
 def test_momentum_of_old_weights_is_carried_and_used():

@@ -19,7 +19,7 @@ class GrowthConfig:
     fit_steps: int = 20  # Adam steps fitting delta and eps, one batch each
     fit_lr: float = 0.1  # step size of that fit, in units of eps_bound (eps) and of 1 (delta)
     path_points: int = 3  # points on the eps path averaged for the integrated gradient
-    batches: int = 4  # training batches a grow step may use (the bound on its cost)
+    batches: int = 8  # training batches a grow step reads: half fit, half score
     noise: float = 0.01  # random baseline: split noise, relative to the neuron's weight norm
 
     def __post_init__(self) -> None:

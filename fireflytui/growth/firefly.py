@@ -115,7 +115,7 @@ def score(
             for batch in batches:
                 grads = torch.autograd.grad(_loss(model, candidates, batch, t), eps)
                 for acc, g in zip(total, grads, strict=True):
-                    acc.add_(g)
+                    acc.add_(g, alpha=1 / t)  # d loss / d(t eps) = (d loss / d eps) / t
     finally:
         for d in directions:
             d.requires_grad_(True)

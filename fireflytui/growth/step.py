@@ -110,8 +110,12 @@ def _firefly(model, sample, eta, config, generator):
             f"eta_t = {eta} neurons exceeds the {available} candidates; lower eta or raise "
             "growth.new_candidates"
         )
-    fit_losses = firefly.fit(model, candidates, sample, config)
-    scored = firefly.score(model, candidates, sample, config.path_points)
+    # Fit on one half of the sample and score on the other, so that a candidate that only
+    # fits its own batches scores nothing.
+    half = max(1, len(sample) // 2)
+    fit_batches, score_batches = sample[:half], sample[half:] or sample
+    fit_losses = firefly.fit(model, candidates, fit_batches, config)
+    scored = firefly.score(model, candidates, score_batches, config.path_points)
     chosen = firefly.select(scored, eta)
     return firefly.to_growths(candidates, chosen), chosen, fit_losses
 
