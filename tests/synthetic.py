@@ -27,8 +27,6 @@ def trained(name: str, width: int, steps: int, seed: int = 0, shape=(3, 16, 16),
     """A network of family `name` after `steps` SGD steps on the templates task."""
     torch.manual_seed(seed)
     arch = default_architecture(name, input_shape=shape, width=width)
-    if name.startswith("vgg"):
-        arch = arch.with_widths(arch.widths)
     model = build_model(arch)
     x, y = templates_dataset(64 * steps, seed, shape)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
