@@ -72,10 +72,10 @@ def grow_model(
     for i, (unit, growth) in enumerate(zip(model.units, growths, strict=True)):
         if growth is None:
             continue
-        split = growth.split.to(state[f"layers.{unit.producer}.weight"].device)
         key = f"layers.{unit.producer}.weight"
         weight = state[key]
-        rows = [weight, weight[split]]
+        split = growth.split.to(weight.device)
+        rows = [weight]
         if split.numel():
             step = scale * offsets[i]
             rows = [weight.index_add(0, split, step), weight[split] - step]

@@ -136,12 +136,12 @@ def _random(model: GrowableNet, eta: int, noise: float, generator: torch.Generat
         if split.numel() == 0:
             growths.append(None)
             continue
-        weight = model.layers[unit.producer].weight[
-            split.to(model.layers[unit.producer].weight.device)
-        ]
+        producer = model.layers[unit.producer].weight
+        split = split.to(producer.device)
+        weight = producer[split]
         direction = unit_rows(torch.randn(weight.shape, generator=generator).to(weight))
         scale = noise * row_norms(weight).view(-1, *[1] * (weight.dim() - 1))
-        growths.append(UnitGrowth(split.to(weight.device), scale * direction, None, None))
+        growths.append(UnitGrowth(split, scale * direction, None, None))
     return growths
 
 
