@@ -49,21 +49,22 @@ def _loss(model, candidates, batch: Batch, t: float = 1.0) -> torch.Tensor:
 
 
 def init_new_directions(model, candidates: list[WidthCandidates], batch: Batch) -> None:
-    """Point each new neuron's outgoing weights u along the loss's steepest descent."""
-    outgoing = [c.new_u for c in candidates if c.num_new]
-    if not outgoing:
+    """Point each new neuron's outgoing weights u along the loss's steepest descent.
+
+    With eps at 1 and u at 0 the gradient with respect to u is that of the outgoing weights
+    at zero; afterwards eps goes back to 0, so the network's function is unchanged.
+    """
+    growing = [c for c in candidates if c.num_new]
+    if not growing:
         return
-    saved = [c.new_eps.detach().clone() for c in candidates if c.num_new]
     with torch.no_grad():
-        for c in candidates:
-            if c.num_new:
-                c.new_eps.fill_(1.0)
-                c.new_u.zero_()
-    grads = torch.autograd.grad(_loss(model, candidates, batch), outgoing)
+        for c in growing:
+            c.new_eps.fill_(1.0)
+            c.new_u.zero_()
+    grads = torch.autograd.grad(_loss(model, candidates, batch), [c.new_u for c in growing])
     with torch.no_grad():
-        it = iter(saved)
-        for c, g in zip([c for c in candidates if c.num_new], grads, strict=True):
-            c.new_eps.copy_(next(it))
+        for c, g in zip(growing, grads, strict=True):
+            c.new_eps.zero_()
             c.new_u.copy_(-g / g.norm(dim=(0, 2), keepdim=True).clamp_min(1e-12))
 
 
