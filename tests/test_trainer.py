@@ -1,0 +1,360 @@
+"""The trainer as a user relies on it: events, checkpoints, exact resume, live control."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fireflytui.checkpoint import (
+    CheckpointError,
+    find_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model,
+    read_metadata,
+)
+from fireflytui.config import Config, load_preset
+from fireflytui.control import send_command
+from fireflytui.data import Dataset, channel_stats, make_shapes
+from fireflytui.events import read_events
+from fireflytui.trainer import Trainer
+
+# The fields DESIGN.md promises for each event type.
+EVENT_FIELDS = {
+    "start": {"config", "architecture", "params", "pid", "resumed_from"},
+    "epoch": {
+        "epoch",
+        "step",
+        "seconds",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "params",
+        "images",
+    },
+    "train": {"epoch", "step", "loss", "acc", "lr", "images_per_second"},
+    "grow": {
+        "round",
+        "epoch",
+        "step",
+        "method",
+        "eta",
+        "trigger",
+        "seconds",
+        "params_before",
+        "params_after",
+        "predicted_loss_change",
+        "measured_loss_change",
+        "units",
+    },
+    "checkpoint": {"path", "epoch", "step", "seconds", "bytes"},
+    "control": {"command", "args", "ok", "error", "applied_step"},
+    "state": {"state"},
+    "end": {"status", "error"},
+}
+UNIT_FIELDS = {"name", "width_before", "width_after", "split", "new"}
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    train, test = make_shapes(256, seed=1), make_shapes(96, seed=2)
+    mean, std = channel_stats(train.images)
+    return Dataset("shapes", train, test, mean, std, source="shapes")
+
+
+def tiny(*sets: str) -> Config:
+    """A run of a few seconds: 8 steps per epoch on a 4-channel VGG-11."""
+    base = [
+        "model.name=vgg11",
+        "model.width=4",
+        "data.source=shapes",
+        "data.batch_size=32",
+        "train.epochs=3",
+        "train.lr=0.05",
+        "train.threads=0",
+        "train.log_every=4",
+        "growth.every=1",
+        "growth.rounds=2",
+        "growth.ratio=0.5",
+        "growth.batches=2",
+        "growth.fit_steps=3",
+        "checkpoint.keep=10",
+    ]
+    return load_preset("demo").with_overrides(base + list(sets))
+
+
+def epochs_of(run_dir):
+    return [e for e in read_events(run_dir) if e["type"] == "epoch"]
+
+
+def test_run_leaves_every_event_type_with_its_fields(tmp_path, dataset):
+    trainer = Trainer(tiny(), tmp_path, dataset=dataset, control=False)
+    assert trainer.run() == "finished"
+    events = read_events(tmp_path)
+
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(events) + 1))
+    seen = {e["type"] for e in events}
+    assert seen >= {"start", "epoch", "train", "grow", "checkpoint", "state", "end"}
+    for event in events:
+        missing = EVENT_FIELDS[event["type"]] - set(event)
+        assert not missing, f"{event['type']} event lacks {missing}"
+    grows = [e for e in events if e["type"] == "grow"]
+    assert [g["round"] for g in grows] == [1, 2]
+    for grow in grows:
+        assert grow["trigger"] == "schedule"
+        assert grow["params_after"] > grow["params_before"]
+        assert sum(u["width_after"] - u["width_before"] for u in grow["units"]) == grow["eta"]
+        for unit in grow["units"]:
+            assert UNIT_FIELDS <= set(unit)
+            assert unit["width_after"] == unit["width_before"] + len(unit["split"]) + unit["new"]
+    assert events[-1]["type"] == "end" and events[-1]["status"] == "finished"
+    assert [e["epoch"] for e in epochs_of(tmp_path)] == [1, 2, 3]
+
+    # One checkpoint per epoch and per grow step, each named in a checkpoint event.
+    files = {p.name for p in find_checkpoints(tmp_path)}
+    logged = {e["path"].rsplit("/", 1)[-1] for e in events if e["type"] == "checkpoint"}
+    assert files == logged
+    assert sum(name.endswith("-epoch.safetensors") for name in files) == 3
+    assert sum(name.endswith("-grow.safetensors") for name in files) == 2
+
+
+def test_checkpoint_round_trip(tmp_path, dataset):
+    trainer = Trainer(tiny("train.epochs=1", "growth.rounds=0"), tmp_path, dataset=dataset)
+    trainer.control = None
+    trainer.run()
+    path = latest_checkpoint(tmp_path)
+    checkpoint = load_checkpoint(path)
+
+    weights = trainer.model.state_dict()
+    assert set(checkpoint.group("model")) == set(weights)
+    for name, value in weights.items():
+        assert torch.equal(checkpoint.group("model")[name], value), name
+    params = dict(trainer.model.named_parameters())
+    buffers = checkpoint.group("optimizer")
+    assert len(buffers) == len(params)
+    for name, p in params.items():
+        carried = trainer.optimizer.state[p]["momentum_buffer"]
+        assert torch.equal(buffers[f"{name}.momentum_buffer"], carried)
+    assert torch.equal(checkpoint.tensors["rng.torch"], torch.get_rng_state())
+    assert torch.equal(
+        checkpoint.tensors["rng.data"], trainer.train_batches.state_dict()["generator"]
+    )
+    meta = checkpoint.meta
+    assert meta["progress"]["epoch"] == 1 and meta["progress"]["step"] == 8
+    assert meta["architecture"] == trainer.model.arch.to_dict()
+    assert Config.from_dict(meta["config"]) == trainer.effective_config()
+    assert meta["settings"] == trainer.settings.to_dict()
+    assert read_metadata(path)["progress"] == meta["progress"]
+
+    model = load_model(path)
+    assert not model.training
+    x = dataset.test.images[:8].float() / 255
+    trainer.model.eval()
+    assert torch.equal(model(x), trainer.model(x))
+
+
+def test_resume_after_epoch_matches_uninterrupted_run(tmp_path, dataset):
+    full = tmp_path / "full"
+    full.mkdir()
+    assert Trainer(tiny(), full, dataset=dataset, control=False).run() == "finished"
+    after_epoch_1 = [p for p in find_checkpoints(full) if p.name.endswith("-epoch.safetensors")][0]
+    assert read_metadata(after_epoch_1)["progress"]["epoch"] == 1
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    checkpoint = load_checkpoint(after_epoch_1)
+    config = Config.from_dict(checkpoint.meta["config"])
+    trainer = Trainer(config, resumed, resume=checkpoint, dataset=dataset, control=False)
+    assert trainer.run() == "finished"
+
+    expected, got = epochs_of(full)[1:], epochs_of(resumed)
+    assert [e["epoch"] for e in got] == [2, 3]
+    for a, b in zip(expected, got, strict=True):
+        for key in ("train_loss", "test_loss", "train_acc", "test_acc", "params", "step"):
+            assert b[key] == pytest.approx(a[key], abs=1e-6), key
+    grows = [[e for e in read_events(d) if e["type"] == "grow"] for d in (full, resumed)]
+    # The resumed run repeats the grow step scheduled after epoch 1 and the one after epoch 2.
+    assert [g["units"] for g in grows[0]] == [g["units"] for g in grows[1]]
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, dataset):
+    full = tmp_path / "full"
+    full.mkdir()
+    trainer = Trainer(tiny(), full, dataset=dataset, control=False)
+
+    def save_at_step_12(event):
+        if event["type"] == "train" and event["step"] == 12:
+            trainer.save("user")
+
+    trainer.on_event = save_at_step_12
+    trainer.run()
+    user = [p for p in find_checkpoints(full) if p.name.endswith("-user.safetensors")]
+    assert len(user) == 1 and read_metadata(user[0])["progress"]["epoch_step"] == 4
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    checkpoint = load_checkpoint(user[0])
+    config = Config.from_dict(checkpoint.meta["config"])
+    Trainer(config, resumed, resume=checkpoint, dataset=dataset, control=False).run()
+    for a, b in zip(epochs_of(full)[1:], epochs_of(resumed), strict=True):
+        assert b["epoch"] == a["epoch"]
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-6)
+        assert b["test_loss"] == pytest.approx(a["test_loss"], abs=1e-6)
+
+
+def test_epoch_checkpoints_are_pruned_to_keep(tmp_path, dataset):
+    config = tiny("train.epochs=4", "growth.rounds=1", "checkpoint.keep=2")
+    Trainer(config, tmp_path, dataset=dataset, control=False).run()
+    names = [p.name for p in find_checkpoints(tmp_path)]
+    assert [n for n in names if n.endswith("-epoch.safetensors")] == [
+        "step-0000024-epoch.safetensors",
+        "step-0000032-epoch.safetensors",
+    ]
+    assert sum(n.endswith("-grow.safetensors") for n in names) == 1
+
+
+def test_learning_rate_restarts_after_each_grow_step(tmp_path, dataset):
+    config = tiny("train.epochs=4", "growth.every=2", "growth.rounds=1", "train.log_every=1")
+    Trainer(config, tmp_path, dataset=dataset, control=False).run()
+    lrs = {e["step"]: e["lr"] for e in read_events(tmp_path) if e["type"] == "train"}
+    # The first cycle spans epochs 1-2 (steps 1-16), the second epochs 3-4 (steps 17-32).
+    assert lrs[1] > lrs[8] > lrs[16]
+    assert lrs[17] > lrs[16] and lrs[17] == pytest.approx(lrs[1], rel=0.05)
+    assert lrs[32] < 0.01 * lrs[17]
+
+
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dataset):
+    trainer = Trainer(tiny("growth.rounds=0"), tmp_path, dataset=dataset, control=False)
+    original = trainer._train_step
+
+    def poisoned(x, y):
+        if trainer.progress.epoch == 1:
+            x = x * float("nan")
+        original(x, y)
+
+    trainer._train_step = poisoned
+    assert trainer.run() == "failed"
+    end = read_events(tmp_path)[-1]
+    assert end["status"] == "failed" and "nan" in end["error"]
+    last = latest_checkpoint(tmp_path)
+    assert read_metadata(last)["progress"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(last).group("model").values())
+
+
+class LiveRun:
+    """A trainer running in a thread, steered through its real control socket."""
+
+    def __init__(self, run_dir, dataset, *sets):
+        self.run_dir = run_dir
+        self.trainer = Trainer(tiny("train.epochs=200", *sets), run_dir, dataset=dataset)
+        self.status = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not (run_dir / "control.sock").exists():
+            assert time.monotonic() < deadline, "the trainer did not open its control socket"
+            time.sleep(0.02)
+
+    def _run(self):
+        self.status = self.trainer.run()
+
+    def send(self, command, **args):
+        return send_command(self.run_dir, command, args, timeout=60)
+
+
+def test_every_control_command_takes_effect_and_is_acknowledged(tmp_path, dataset):
+    live = LiveRun(tmp_path, dataset, "growth.rounds=0")
+
+    reply = live.send("pause")
+    assert reply["ok"] and reply["state"] == "paused"
+    paused_at = live.send("status")["step"]
+    time.sleep(0.3)
+    assert live.send("status")["step"] == paused_at  # no step is taken while paused
+
+    reply = live.send("set", eta="abc")
+    assert not reply["ok"] and "eta must be an integer" in reply["error"]
+    reply = live.send("set", eta=-3)
+    assert not reply["ok"] and ">= 0" in reply["error"]
+    reply = live.send("set", eta="3", lr="0.02")
+    assert reply["ok"] and reply["settings"]["eta"] == 3 and reply["settings"]["lr"] == 0.02
+
+    reply = live.send("grow")
+    assert reply["ok"] and reply["round"] == 1
+    reply = live.send("checkpoint")
+    assert reply["ok"] and (tmp_path / reply["path"].rsplit("/", 1)[-1]).exists()
+    assert not live.send("launch")["ok"]
+
+    reply = live.send("continue")
+    assert reply["ok"] and reply["state"] == "running"
+    time.sleep(0.3)
+    assert live.send("status")["step"] > paused_at
+
+    reply = live.send("stop")
+    assert reply["ok"]
+    live.thread.join(30)
+    assert live.status == "stopped"
+
+    events = read_events(tmp_path)
+    controls = [(e["command"], e["ok"]) for e in events if e["type"] == "control"]
+    assert controls == [
+        ("pause", True),
+        ("status", True),
+        ("status", True),
+        ("set", False),
+        ("set", False),
+        ("set", True),
+        ("grow", True),
+        ("checkpoint", True),
+        ("launch", False),
+        ("continue", True),
+        ("status", True),
+        ("stop", True),
+    ]
+    grow = next(e for e in events if e["type"] == "grow")
+    assert grow["trigger"] == "user" and grow["eta"] == 3
+    states = [e["state"] for e in events if e["type"] == "state"]
+    assert states == ["running", "paused", "growing", "paused", "running", "stopped"]
+    assert events[-1] == {**events[-1], "type": "end", "status": "stopped", "error": None}
+    # The stop left a checkpoint at the step it was applied.
+    stop = [e for e in events if e["type"] == "control" and e["command"] == "stop"][0]
+    assert latest_checkpoint(tmp_path).name == f"step-{stop['applied_step']:07d}-user.safetensors"
+
+
+def test_new_settings_are_saved_and_resumed(tmp_path, dataset):
+    live = LiveRun(tmp_path, dataset, "growth.rounds=0")
+    assert live.send("set", ratio="0.25", every="3")["ok"]
+    assert live.send("stop")["ok"]
+    live.thread.join(30)
+    meta = read_metadata(latest_checkpoint(tmp_path))
+    assert meta["settings"]["ratio"] == 0.25 and meta["settings"]["every"] == 3
+    config = Config.from_dict(meta["config"])
+    assert config.growth.ratio == 0.25 and config.growth.every == 3
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    truncated = tmp_path / "step-0000001-epoch.safetensors"
+    save_file({"x": torch.zeros(100)}, str(truncated), metadata={"format": "other"})
+    with pytest.raises(CheckpointError, match="not a fireflytui checkpoint"):
+        read_metadata(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(truncated)
+    pickled = tmp_path / "model.safetensors"
+    torch.save({"w": torch.zeros(3)}, pickled)  # a pickle archive under a safetensors name
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(pickled)
+    newer = tmp_path / "newer.safetensors"
+    meta = {"format": "fireflytui.checkpoint", "format_version": "99"}
+    meta |= {k: json.dumps({}) for k in ("architecture", "config", "progress")}
+    save_file({"x": torch.zeros(1)}, str(newer), metadata=meta)
+    with pytest.raises(CheckpointError, match="newer fireflytui"):
+        load_checkpoint(newer)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.safetensors")
