@@ -88,9 +88,19 @@ def train(
         typer.echo(note)
     if not detach:
         typer.echo(f"run directory: {launch.run_dir}")
-        raise typer.Exit(train_here(launch.run_dir, launch.resume, sys.stdout))
+        code = train_here(launch.run_dir, launch.resume, sys.stdout)
+        if launch.discard_if_unstarted():
+            typer.echo(f"removed {launch.run_dir}: the run did not start", err=True)
+        raise typer.Exit(code)
     proc = spawn(launch.run_dir, launch.resume)
-    wait_for_start(launch.run_dir, proc)
+    try:
+        wait_for_start(launch.run_dir, proc)
+    except Exception:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(30)
+        launch.discard_if_unstarted()
+        raise
     run_dir = launch.run_dir
     typer.echo(f"training in the background (pid {proc.pid}): {run_dir}")
     typer.echo(f"  progress:  tail -f {run_dir / 'trainer.log'}")
@@ -125,7 +135,7 @@ def runs(
         acc = "" if s.test_acc is None else f"{100 * s.test_acc:.2f}%"
         params = "" if s.params is None else f"{s.params:,}"
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.started)) if s.started else ""
-        note = f"  ({s.note})" if s.note else ""
+        note = f"  ({s.note[:70]}...)" if len(s.note) > 70 else f"  ({s.note})" if s.note else ""
         typer.echo(
             f"{s.name:<32} {s.state:<9} {epoch:>9} {s.rounds:>6} {params:>11} {acc:>8}  "
             f"{started}{note}"
@@ -223,3 +233,7 @@ def inspect(
 def version() -> None:
     """Print the installed version."""
     typer.echo(f"fireflytui {fireflytui.__version__}")
+
+
+if __name__ == "__main__":
+    app()

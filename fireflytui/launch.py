@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import TextIO
 
 from fireflytui.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
 from fireflytui.config import Config, ConfigError, diff, load_preset
-from fireflytui.events import EVENTS_NAME, EventLog, EventReader
+from fireflytui.events import EVENTS_NAME, EventLog, EventReader, read_events
 from fireflytui.rundir import (
     CONFIG_NAME,
     LOG_NAME,
@@ -47,6 +48,16 @@ class Launch:
     run_dir: Path
     resume: Path | None = None
     notes: list[str] = field(default_factory=list)  # what came from where, for the user
+    created: bool = False  # the run directory is new (and is removed if the run never starts)
+
+    def discard_if_unstarted(self) -> bool:
+        """Removes a new run directory whose trainer failed before `start`: nothing is left."""
+        if not self.created or is_live(self.run_dir):
+            return False
+        if any(e["type"] == "start" for e in read_events(self.run_dir / EVENTS_NAME)):
+            return False
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        return True
 
 
 def resolve_config(
@@ -103,6 +114,7 @@ def prepare(
 ) -> Launch:
     """Checks everything a run needs before it starts, and makes or reuses its directory."""
     config, checkpoint, notes = resolve_config(preset, sets, resume)
+    created = False
     if checkpoint is not None and run is None and is_run_dir(checkpoint.parent):
         run_dir = checkpoint.parent  # a resumed run continues its own directory and log
         if is_live(run_dir):
@@ -113,8 +125,9 @@ def prepare(
     else:
         prefix = Path(preset).stem if preset else (checkpoint.parent.name if checkpoint else "run")
         run_dir = create_run_dir(out, run or new_run_name(prefix))
+        created = True
     write_text_atomic(run_dir / CONFIG_NAME, config.to_toml())
-    return Launch(config, run_dir, checkpoint, notes)
+    return Launch(config, run_dir, checkpoint, notes, created)
 
 
 def train_here(run_dir: str | Path, resume: str | Path | None, stream: TextIO) -> int:
@@ -136,7 +149,7 @@ def train_here(run_dir: str | Path, resume: str | Path | None, stream: TextIO) -
             with EventLog(run_dir / EVENTS_NAME) as log:
                 log.emit("end", status="failed", error=str(e), sync=True)
             print(f"error: {e}", file=sys.stderr, flush=True)
-            return 1
+            return 2
         _stop_on_signals(trainer)
         status = trainer.run()
         return 0 if status in ("finished", "stopped") else 1
