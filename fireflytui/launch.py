@@ -61,7 +61,7 @@ class Launch:
 
 
 def resolve_config(
-    preset: str | None, sets: list[str], resume: str | None
+    preset: str | None, sets: list[str], resume: str | None, out: str | Path = "checkpoints"
 ) -> tuple[Config, Path | None, list[str]]:
     """The run's config: a preset with overrides, or a checkpoint's config with overrides."""
     if resume is None:
@@ -72,7 +72,8 @@ def resolve_config(
         raise LaunchError(
             "--resume takes the config from the checkpoint: drop --preset, change keys with --set"
         )
-    path = resolve_checkpoint(resume)
+    named = Path(out).expanduser() / resume  # a run name under --out
+    path = resolve_checkpoint(named if not Path(resume).exists() and is_run_dir(named) else resume)
     meta = read_metadata(path)
     base = Config.from_dict(meta["config"], source=str(path))
     config = base.with_overrides(sets)
@@ -113,7 +114,7 @@ def prepare(
     resume: str | None = None,
 ) -> Launch:
     """Checks everything a run needs before it starts, and makes or reuses its directory."""
-    config, checkpoint, notes = resolve_config(preset, sets, resume)
+    config, checkpoint, notes = resolve_config(preset, sets, resume, out)
     created = False
     if checkpoint is not None and run is None and is_run_dir(checkpoint.parent):
         run_dir = checkpoint.parent  # a resumed run continues its own directory and log

@@ -67,16 +67,17 @@ def test_headless_run_prints_a_table_and_leaves_its_files(finished_run):
     assert len(find_checkpoints(finished_run)) == 1  # epoch 1; no grow after the last epoch
 
 
-def test_resume_prints_what_comes_from_where_and_continues(finished_run, tmp_path):
+def test_resume_prints_what_comes_from_where_and_continues(finished_run):
+    out = finished_run.parent
     result = invoke(
         "train",
         "--resume",
-        str(finished_run),
+        "r1",  # a run name under --out
         "--headless",
         "--run",
         "r2",
         "--out",
-        str(tmp_path),
+        str(out),
         *sets("train.epochs=2"),
     )
     assert result.exit_code == 0, result.output
@@ -86,7 +87,7 @@ def test_resume_prints_what_comes_from_where_and_continues(finished_run, tmp_pat
     grow = [line for line in lines if line.lstrip().startswith("grow")]
     epochs = [line for line in lines if line.split()[:1] == ["2"]]
     assert len(grow) == 1 and len(epochs) == 1  # the grow after epoch 1, then epoch 2
-    start = read_events(tmp_path / "r2")[0]
+    start = read_events(out / "r2")[0]
     assert start["type"] == "start" and start["resumed_from"].endswith("-epoch.safetensors")
 
 
