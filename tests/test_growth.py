@@ -196,7 +196,9 @@ def test_scores_sum_to_the_overgrown_loss_change(name):
     model, _, batches = setup(name, steps=20)
     candidates = firefly.make_candidates(model, FAST, torch.Generator().manual_seed(0))
     firefly.fit(model, candidates, batches[:2], FAST)
-    scored = firefly.score(model, candidates, batches[2:], path_points=32)
+    # The loss along the path has kinks (ReLUs switching); 96 midpoints keep the quadrature
+    # error of the tiny MobileNet within a few percent on every CPU we tried, 32 did not.
+    scored = firefly.score(model, candidates, batches[2:], path_points=96)
     with torch.no_grad():
         change = sum(
             F.cross_entropy(overgrown_forward(model, candidates, x), y) - batch_loss(model, (x, y))
