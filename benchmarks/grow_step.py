@@ -75,6 +75,7 @@ def main() -> None:
         images, labels = synthetic_cifar(args.images)
         source = "synthetic CIFAR-shaped"
     model = build_model(default_architecture("vgg19", num_classes=10))
+    model.to(memory_format=torch.channels_last)  # as the trainer runs it (train.channels_last)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
@@ -85,7 +86,7 @@ def main() -> None:
     seen = 0
     for x, y in batches(images, labels, args.batch_size, generator):
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
         loss.backward()
         optimizer.step()
         seen += len(y)

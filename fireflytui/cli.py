@@ -167,8 +167,15 @@ def ctl(
     if not reply.get("ok"):
         typer.echo(f"refused: {reply.get('error')}", err=True)
         raise typer.Exit(1)
-    extra = {k: v for k, v in reply.items() if k not in ("ok", "error") and v is not None}
-    typer.echo(f"ok: {command} " + " ".join(f"{k}={v}" for k, v in extra.items()))
+    extra = {k: v for k, v in reply.items() if k not in ("ok", "error", "id") and v is not None}
+    typer.echo(f"ok: {command} " + " ".join(f"{k}={_shown(v)}" for k, v in extra.items()))
+
+
+def _shown(value: Any) -> str:
+    """A reply value as `key=value` text: nested settings as `eta=12,ratio=0.4`."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 @app.command()

@@ -275,6 +275,9 @@ class TrainConfig(_Section):
         pattern_text="auto, cpu, cuda or cuda:N",
     )
     threads: int = _key(0, "CPU threads for torch; 0 = torch's default", "threads", lo=0)
+    channels_last: bool = _key(
+        True, "conv weights and batches in channels-last memory layout (faster convs)", "on/off"
+    )
     log_every: int = _key(50, "steps between `train` events", "steps", lo=1)
 
 

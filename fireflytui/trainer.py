@@ -145,6 +145,7 @@ class Trainer:
             )
         self.model = build_model(arch).to(self.device)
         self.optimizer = self._make_optimizer(self.model)
+        self._set_layout()
         self.growth = growth_config(config)
         self.settings = LiveSettings(
             eta=config.growth.eta, ratio=config.growth.ratio, every=config.growth.every, lr=train.lr
@@ -174,6 +175,24 @@ class Trainer:
             nesterov=train.momentum > 0,
             weight_decay=train.weight_decay,
         )
+
+    def _set_layout(self) -> None:
+        """Puts conv weights and their momentum in the configured memory layout, in place."""
+        if not self.config.train.channels_last:
+            return
+        self.model.to(memory_format=torch.channels_last)  # keeps the Parameter objects
+        for p in self.model.parameters():
+            state = self.optimizer.state.get(p, {})
+            if p.dim() == 4 and "momentum_buffer" in state:
+                state["momentum_buffer"] = state["momentum_buffer"].contiguous(
+                    memory_format=torch.channels_last
+                )
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the memory layout the network's convs run fastest on."""
+        if self.config.train.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def effective_config(self) -> Config:
         """The config with the live settings folded in: what a resumed run continues with."""
@@ -287,7 +306,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        logits = self.model(x)
+        logits = self.model(self._input(x))
         loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -375,7 +394,7 @@ class Trainer:
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for x, y in self.test_batches:
-            logits = self.model(x)
+            logits = self.model(self._input(x))
             loss += F.cross_entropy(logits, y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()
         self.model.train()
@@ -470,6 +489,7 @@ class Trainer:
             self._set_state(previous)
             return event
         self.model, self.optimizer = result.model, result.optimizer
+        self._set_layout()
         report = result.report
         progress.round = round_
         if trigger == "schedule":
@@ -704,7 +724,10 @@ class Trainer:
         for name, buffer in checkpoint.group("optimizer").items():
             pname = name.removesuffix(".momentum_buffer")
             if pname in params:
-                self.optimizer.state[params[pname]]["momentum_buffer"] = buffer.to(self.device)
+                param = params[pname]
+                self.optimizer.state[param]["momentum_buffer"] = torch.empty_like(param).copy_(
+                    buffer
+                )  # in the parameter's device and memory layout
         torch.set_rng_state(checkpoint.tensors["rng.torch"])
         if self.device.type == "cuda" and "rng.cuda" in checkpoint.tensors:
             torch.cuda.set_rng_state(checkpoint.tensors["rng.cuda"], self.device)

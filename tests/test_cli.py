@@ -200,7 +200,8 @@ def test_detached_run_outlives_its_cli_and_obeys_ctl(tmp_path):
     assert paused.returncode == 0 and "state=paused" in paused.stdout
     refused = cli("ctl", str(run), "set", "eta=abc")
     assert refused.returncode == 1 and "refused: eta must be an integer" in refused.stderr
-    assert cli("ctl", "bg", "set", "eta=3", "--out", out).returncode == 0
+    changed = cli("ctl", "bg", "set", "eta=3", "--out", out)
+    assert changed.returncode == 0 and "settings=eta=3," in changed.stdout
     assert cli("ctl", str(run), "continue").returncode == 0
     stopped = cli("ctl", str(run), "stop")
     assert stopped.returncode == 0, stopped.stderr

@@ -358,3 +358,18 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
         load_checkpoint(newer)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_channels_last_layout_trains_the_same_network(tmp_path, dataset):
+    losses = {}
+    for flag in ("true", "false"):
+        run_dir = tmp_path / flag
+        run_dir.mkdir()
+        config = tiny("train.epochs=1", "growth.rounds=0", f"train.channels_last={flag}")
+        trainer = Trainer(config, run_dir, dataset=dataset, control=False)
+        conv = trainer.model.layers[0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == (flag == "true")
+        assert trainer.run() == "finished"
+        losses[flag] = epochs_of(run_dir)[0]
+    for key in ("train_loss", "test_loss"):
+        assert losses["true"][key] == pytest.approx(losses["false"][key], rel=1e-3), key
