@@ -645,18 +645,8 @@ class Trainer:
     def _stop(self, request: Request | None) -> None:
         self._interrupted = True
         event = self.save("user")
-        if request is None:
-            return
-        self.emit(
-            "control",
-            command="stop",
-            args={},
-            ok=True,
-            error=None,
-            applied_step=self.progress.step,
-            id=request.id,
-        )
-        request.reply(True, applied_step=self.progress.step, path=event["path"])
+        if request is not None:
+            self._acknowledge(request, True, path=event["path"])
 
     # Checkpoints
 
