@@ -190,14 +190,15 @@ def fresh_model(
     return model, optimizer
 
 
-def train(model, optimizer, batches: Iterable[tuple[Tensor, Tensor]], steps: int | None) -> Epoch:
+def train(
+    model,
+    optimizer,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    steps: int | None,
+    layout: torch.memory_format,
+) -> Epoch:
     """Forward, backward and step on each batch (the first `steps`, or all), timed."""
     model.train()
-    layout = (
-        torch.channels_last
-        if model.layers[0].weight.is_contiguous(memory_format=torch.channels_last)
-        else torch.contiguous_format
-    )
     seen = 0
     start = time.perf_counter()
     for x, y in itertools.islice(batches, steps):
@@ -239,11 +240,12 @@ def run(data: Data, args: argparse.Namespace) -> dict[str, object]:
     def epoch(pipeline: str, repeat: int) -> Epoch:
         model, optimizer = fresh_model(args.seed, layout)
         if pipeline == "ours":
-            train(model, optimizer, ours_batches, args.warmup)
-            return train(model, optimizer, ours_batches, None)
+            train(model, optimizer, ours_batches, args.warmup, layout)
+            return train(model, optimizer, ours_batches, None, layout)
         workers = int(pipeline.removeprefix("workers="))
-        train(model, optimizer, loader(args.seed + 10_000 + repeat, workers), args.warmup)
-        return train(model, optimizer, loader(args.seed + repeat, workers), None)
+        warm = loader(args.seed + 10_000 + repeat, workers)
+        train(model, optimizer, warm, args.warmup, layout)
+        return train(model, optimizer, loader(args.seed + repeat, workers), None, layout)
 
     pipelines = ["ours", *(f"workers={w}" for w in args.workers)]
     load_before = os.getloadavg()[0]  # runnable processes, 1-minute mean

@@ -291,7 +291,7 @@ class Trainer:
         progress, last = self.progress, self.steps_per_epoch
         self._loss_sum.fill_(progress.loss_sum)
         self._correct.fill_(progress.correct)
-        self._window.start(progress.step)
+        self._window.start()
         epoch_start = time.perf_counter()
         for x, y in self.train_batches:
             self._train_step(x, y)
@@ -468,14 +468,11 @@ class Trainer:
             )
         except (ValueError, RuntimeError) as e:
             self._window.exclude(time.perf_counter() - excluded)
-            event = self.emit(
-                "grow",
+            event = self._emit_grow(
+                trigger,
                 round=progress.round,
-                epoch=progress.epoch,
-                step=progress.step,
                 method=self.growth.method,
                 eta=eta,
-                trigger=trigger,
                 seconds=time.perf_counter() - excluded,
                 params_before=params_before,
                 params_after=params_before,
@@ -490,44 +487,26 @@ class Trainer:
             return event
         self.model, self.optimizer = result.model, result.optimizer
         self._set_layout()
-        report = result.report
         progress.round = round_
         if trigger == "schedule":
             progress.scheduled += 1
             progress.last_grow_epoch = progress.epoch
         progress.cycle_start = progress.step
-        event = self.emit(
-            "grow",
-            round=round_,
-            epoch=progress.epoch,
-            step=progress.step,
-            method=report.method,
-            eta=report.eta,
-            trigger=trigger,
-            seconds=report.seconds,
-            params_before=report.params_before,
-            params_after=report.params_after,
-            predicted_loss_change=report.predicted_loss_change,
-            measured_loss_change=report.measured_loss_change,
-            units=[
-                {
-                    "name": u.name,
-                    "width_before": u.width_before,
-                    "width_after": u.width_after,
-                    "split": u.split,
-                    "new": u.new,
-                    "split_scores": u.split_scores,
-                    "new_scores": u.new_scores,
-                }
-                for u in report.units
-            ],
-            error=None,
-            sync=True,
-        )
+        report = asdict(result.report)
+        for key in ("loss_before", "loss_after", "fit_losses"):  # details the log leaves out
+            del report[key]
+        event = self._emit_grow(trigger, round=round_, **report, error=None, sync=True)
         self.save("grow")
         self._window.exclude(time.perf_counter() - excluded)
         self._set_state(previous)
         return event
+
+    def _emit_grow(self, trigger: str, *, sync: bool = False, **report: Any) -> dict[str, Any]:
+        """The `grow` event: the report's fields, and where and why the step ran."""
+        progress = self.progress
+        return self.emit(
+            "grow", epoch=progress.epoch, step=progress.step, trigger=trigger, sync=sync, **report
+        )
 
     def _grow_sample(self, round_: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The training batches a grow step reads: a fixed draw per round, so resume repeats it."""
@@ -740,10 +719,9 @@ class _Window:
     """Loss, accuracy and images per second since the last `train` event."""
 
     def __init__(self) -> None:
-        self.start(0)
-        self.excluded_total = 0.0
+        self.start()
 
-    def start(self, step: int) -> None:
+    def start(self) -> None:
         self.began = time.perf_counter()
         self.excluded = 0.0
         self.excluded_total = 0.0
