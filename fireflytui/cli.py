@@ -1,4 +1,4 @@
-"""The `fireflytui` command line: train, runs, ctl, presets, inspect."""
+"""The `fireflytui` command line: train, attach, runs, ctl, presets, inspect."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ app = typer.Typer(
 )
 
 OutOption = Annotated[Path, typer.Option("--out", help="Directory that holds the run directories.")]
+MouseOption = Annotated[
+    bool,
+    typer.Option("--mouse/--no-mouse", help="Let the monitor use the mouse (keys always work)."),
+]
 
 
 USER_ERRORS = {
@@ -77,8 +81,12 @@ def train(
         str | None,
         typer.Option("--resume", help="Checkpoint file or run directory to continue."),
     ] = None,
+    mouse: MouseOption = True,
 ) -> None:
-    """Train and grow a network. Until the monitor app lands, plain `train` is --headless."""
+    """Train and grow a network in the background, and open the monitor on it.
+
+    Quitting the monitor leaves training running; `fireflytui attach` opens it again.
+    """
     from fireflytui.launch import prepare, spawn, train_here, wait_for_start
 
     if headless and detach:
@@ -86,7 +94,10 @@ def train(
     launch = prepare(preset, set_ or [], run=run, out=out, resume=resume)
     for note in launch.notes:
         typer.echo(note)
-    if not detach:
+    if not (headless or detach) and not _has_terminal():
+        detach = True  # a script or a pipe: start the run and print how to watch it
+        typer.echo("no terminal to draw the monitor in: training in the background")
+    if headless:
         typer.echo(f"run directory: {launch.run_dir}")
         code = train_here(launch.run_dir, launch.resume, sys.stdout)
         if launch.discard_if_unstarted():
@@ -102,11 +113,60 @@ def train(
         launch.discard_if_unstarted()
         raise
     run_dir = launch.run_dir
+    if not detach:
+        _monitor(run_dir, out, mouse)
+        return
     typer.echo(f"training in the background (pid {proc.pid}): {run_dir}")
+    typer.echo(f"  monitor:   {_attach_command(run_dir, out)}")
     typer.echo(f"  progress:  tail -f {run_dir / 'trainer.log'}")
     typer.echo(f"  control:   fireflytui ctl {run_dir} pause|continue|grow|checkpoint|stop")
     typer.echo(f"             fireflytui ctl {run_dir} set eta=N")
     typer.echo(f"  runs:      fireflytui runs --out {out}")
+
+
+@app.command()
+@_user_errors
+def attach(
+    run: Annotated[
+        str | None,
+        typer.Argument(help="Run name under --out, or a run directory (default: the latest)."),
+    ] = None,
+    out: OutOption = Path("checkpoints"),
+    mouse: MouseOption = True,
+) -> None:
+    """Open the monitor on a run: live if its trainer runs, read-only if it has ended."""
+    from fireflytui.rundir import RunError, resolve_run
+
+    run_dir = resolve_run(run, out)
+    if not _has_terminal():
+        raise RunError("attach draws the monitor in a terminal; none is attached to this process")
+    _monitor(run_dir, out, mouse)
+
+
+def _has_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _attach_command(run_dir: Path, out: Path) -> str:
+    """The shortest command that opens the monitor on `run_dir` again."""
+    if Path(out) == Path("checkpoints"):
+        return f"fireflytui attach {run_dir.name}"
+    return f"fireflytui attach {run_dir.name} --out {out}"
+
+
+def _monitor(run_dir: Path, out: Path, mouse: bool) -> None:
+    """Runs the monitor until the user quits, then says how the run stands."""
+    from fireflytui.app import run_monitor
+    from fireflytui.rundir import is_live, read_pid, summarize
+
+    run_monitor(run_dir, mouse=mouse)
+    if is_live(run_dir):
+        typer.echo(f"training goes on in the background (pid {read_pid(run_dir)}): {run_dir}")
+        typer.echo(f"  re-attach: {_attach_command(run_dir, out)}")
+    else:
+        summary = summarize(run_dir)
+        note = f" ({summary.note})" if summary.note else ""
+        typer.echo(f"run {run_dir.name} is {summary.state}{note}")
 
 
 @app.command()
