@@ -16,6 +16,15 @@ from fireflytui.settings import SettingError, parse_settings
 
 LIVE_STATES = ("starting", "running", "paused", "growing")
 
+# What each event type can change, so that a reader redraws only that.
+CHANGES = {
+    "start": ("state", "metrics", "widths", "rounds"),
+    "train": ("metrics",),
+    "epoch": ("metrics", "widths"),
+    "grow": ("widths", "rounds"),
+    "checkpoint": (),
+}
+
 # Neuron marks in a grow step's strip: distinct characters, so the strip reads without colour.
 KEPT, SPLIT, COPY, NEW = "·", "◆", "◇", "+"
 
@@ -142,6 +151,7 @@ class RunHistory:
     log: deque[LogLine] = field(default_factory=lambda: deque(maxlen=400))
     logged: int = 0  # log lines ever added, so a reader can tell which are new
     events: int = 0
+    changed: set[str] = field(default_factory=set)  # what changed since `take_changes`
     last_seq: int = 0
     last_time: float | None = None
     # Wall-clock accounting: finished trainer segments (one per start event) and the current one.
@@ -182,11 +192,18 @@ class RunHistory:
         now = event.get("time")
         if isinstance(now, (int, float)):
             self.last_time = float(now)  # after the handler, which may need the previous time
+        self.changed.update(CHANGES.get(kind, ("state",)))
+
+    def take_changes(self) -> set[str]:
+        """What changed since the last call: `state`, `metrics`, `widths`, `rounds`, `log`."""
+        changed, self.changed = self.changed, set()
+        return changed
 
     def note(self, text: str, kind: str = "app", at: float | None = None) -> None:
         """Adds a line to the event log panel."""
         self.log.append(LogLine(time.time() if at is None else at, kind, text))
         self.logged += 1
+        self.changed.add("log")
 
     def _on_start(self, e: dict[str, Any]) -> None:
         self._close_segment(self.last_time)  # a killed trainer's segment ends at its last event

@@ -7,9 +7,11 @@ It knows the run only through its directory: `events.jsonl`, the trainer's lock,
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from pathlib import Path
 
 from textual import work
@@ -35,10 +37,11 @@ from fireflytui.events import EventReader
 from fireflytui.history import RunHistory
 from fireflytui.rundir import is_live
 
+NICE = 10  # added to the monitor's niceness: the trainer is served first
 REDRAW_HZ = 4  # redraws per second, however fast events arrive
 POLL_SECONDS = 0.25  # between reads of the event log once it has been replayed
 LIVE_CHECK_SECONDS = 1.0  # between checks that the trainer still holds its lock
-CHUNK_BYTES = 1 << 20  # of the log per batch; one batch is in flight at a time
+CHUNK_BYTES = 1 << 20  # of the log per batch; at most two batches wait for the app
 NARROW = (100, 28)  # below this many columns or rows, panels fold into views
 
 # Seconds to wait for an answer: a grow step is answered when it is done.
@@ -116,8 +119,8 @@ class MonitorApp(App[None]):
         self.replayed = threading.Event()  # set once the whole log has been shown
         self.replay_seconds: float | None = None
         self._opened = time.perf_counter()
-        self._dirty = False
-        self._batches = threading.Semaphore(1)
+        self._ticks = 0
+        self._batches = threading.Semaphore(2)  # batches read ahead of the app, at most
         self._selected: int | None = None  # grow round shown in the strips; None = the latest
         self._ended_noted = False
 
@@ -168,7 +171,7 @@ class MonitorApp(App[None]):
                     self.post_message(Liveness(alive))
             events = reader.read(CHUNK_BYTES)
             if events:
-                while not self._batches.acquire(timeout=0.5):  # one batch in flight
+                while not self._batches.acquire(timeout=0.5):
                     if worker.is_cancelled:
                         return
                 self.post_message(EventsRead(events))
@@ -182,32 +185,41 @@ class MonitorApp(App[None]):
         for event in message.events:
             self.history.apply(event)
         self._batches.release()
-        self._dirty = True
 
     def on_caught_up(self, message: CaughtUp) -> None:
+        self.replayed.set()
+        self.history.changed.update(("state", "metrics", "widths", "rounds", "log"))
         self._redraw()
         self.replay_seconds = time.perf_counter() - self._opened
-        self.replayed.set()
 
     def on_liveness(self, message: Liveness) -> None:
         self.history.live = message.live
-        self._dirty = True
+        self.history.changed.add("state")
 
     # Drawing
 
     def _redraw(self) -> None:
-        """Redraws every panel from the history, if anything changed; the clock ticks anyway."""
+        """Redraws the panels whose part of the history changed; the status clock ticks at 1 Hz."""
         h = self.history
-        self.status.show(h)
-        if not self._dirty:
+        self._ticks += 1
+        if not self.replayed.is_set():  # the panels are drawn once, when the replay is over
+            if self._ticks % REDRAW_HZ == 0:
+                self.status.show(h, replaying=True)
             return
-        self._dirty = False
-        self.sparks.show(h)
-        self.widths.show(h)
-        self.table.show(h)
-        self.strips.show(self.shown_round())
-        self.log_panel.show(h)
-        self.refresh_bindings()
+        changed = h.take_changes()
+        if changed or self._ticks % REDRAW_HZ == 0:
+            self.status.show(h)
+        if "metrics" in changed:
+            self.sparks.show(h)
+        if "widths" in changed:
+            self.widths.show(h)
+        if "rounds" in changed:
+            self.table.show(h)
+            self.strips.show(self.shown_round())
+        if "log" in changed:
+            self.log_panel.show(h)
+        if "state" in changed:
+            self.refresh_bindings()
         if not h.is_live and h.live is not None and h.events and not self._ended_noted:
             self._ended_noted = True
             self.notify(f"run {h.shown_state}: read-only", timeout=4)
@@ -241,9 +253,9 @@ class MonitorApp(App[None]):
         main.set_class(narrow, "narrow")
         for view in ("overview", "growth", "log"):
             main.set_class(view == self.view, f"view-{view}")
+        self.history.changed.update(("widths", "rounds"))  # drawn to the new width
         if narrow != self.narrow:
             self.narrow = narrow
-            self._dirty = True
             self.refresh_bindings()
 
     # Which keys do something now
@@ -350,11 +362,16 @@ class MonitorApp(App[None]):
             self.notify(f"{shown}: {reply.get('error')}", severity="error", timeout=8)
             if reply.get("unsent"):  # the trainer never saw it, so no control event will say so
                 self.history.note(f"{shown}: not sent: {reply.get('error')}", "error")
-                self._dirty = True
         if done is not None:
             done(reply)
 
 
 def run_monitor(run_dir: str | Path, *, mouse: bool = True) -> None:
-    """Opens the monitor on `run_dir` in this terminal until the user quits."""
+    """Opens the monitor on `run_dir` in this terminal until the user quits.
+
+    The monitor runs at a lower CPU priority than the trainer (nice +NICE): on a machine whose
+    cores training keeps busy, the steps come first and the screen waits a moment.
+    """
+    with suppress(OSError):
+        os.nice(NICE)
     MonitorApp(run_dir).run(mouse=mouse)

@@ -52,8 +52,11 @@ def signed(value: float | None) -> str:
 class StatusLine(Static):
     """Run, state, progress, size, eta_t, device, speed, elapsed and remaining time."""
 
-    def show(self, history: RunHistory) -> None:
+    def show(self, history: RunHistory, replaying: bool = False) -> None:
         h, now = history, time.time()
+        if replaying:
+            self.update(Text(f" {h.name}: reading the event log, {h.events:,} events so far"))
+            return
         state = h.shown_state
         epoch = h.epoch if state not in ("running", "paused", "growing") else h.epoch + 1
         epoch = min(epoch, h.epochs) if h.epochs else epoch
@@ -171,8 +174,8 @@ class NeuronStrips(VerticalScroll):
         grid.add_column(overflow="fold")
         for unit in grow.units:
             strip = Text()
-            for mark in unit.strip():
-                strip.append(mark, MARK_STYLES[mark])
+            for run in _runs(unit.strip()):
+                strip.append(run, MARK_STYLES[run[0]])
             grid.add_row(
                 unit.name,
                 f"{unit.width_before}→{unit.width_after}",
@@ -180,6 +183,17 @@ class NeuronStrips(VerticalScroll):
                 strip,
             )
         body.update(Group(text, grid))
+
+
+def _runs(marks: str) -> list[str]:
+    """`marks` cut into runs of one mark, so that each run is styled once."""
+    runs: list[str] = []
+    for mark in marks:
+        if runs and runs[-1][0] == mark:
+            runs[-1] += mark
+        else:
+            runs.append(mark)
+    return runs
 
 
 class Sparks(Vertical):
