@@ -309,3 +309,21 @@ def test_attach_without_a_terminal_says_so_in_one_line(tmp_path):
         text=True,
     )
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+
+
+async def test_no_color_leaves_only_the_terminals_own_colours(tmp_path, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = MonitorApp(recorded_run(tmp_path), live=lambda run: False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, app.replayed.is_set, what="the replay")
+        await pilot.pause(0.3)
+        styles = []
+        for strip in app.screen._compositor.render_strips():
+            segments = list(strip)
+            for line_filter in app.get_line_filters():  # as on the way to the terminal
+                segments = line_filter.apply(segments, app.background_colors[0])
+            styles += [segment.style for segment in segments if segment.style]
+        colours = {c.name for s in styles for c in (s.color, s.bgcolor) if c is not None}
+        assert colours <= {"default"}, colours
+        assert any(s.reverse for s in styles) and any(s.bold for s in styles)  # state, titles
+        assert "FINISHED" in screen_text(app) and "▒" in screen_text(app)  # not only colour

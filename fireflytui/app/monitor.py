@@ -108,7 +108,9 @@ class MonitorApp(App[None]):
         send: Sender = send_command,
         live: Callable[[Path], bool] = is_live,
     ) -> None:
-        super().__init__()
+        # NO_COLOR: the terminal's own colours and no others; bold, dim and reverse remain.
+        self.plain = "NO_COLOR" in os.environ
+        super().__init__(ansi_color=True if self.plain else None)
         self.run_dir = Path(run_dir)
         self.history = RunHistory(name=self.run_dir.name)
         self.send = send  # send(run_dir, command, args, timeout=...) -> reply dict
@@ -144,6 +146,8 @@ class MonitorApp(App[None]):
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
+        if self.plain:
+            self.theme = "ansi-dark"
         self.sparks.border_title = "progress"
         self.widths.border_title = "layer widths"
         self.widths.border_subtitle = "█ start ▒ grown"
