@@ -170,12 +170,6 @@ class RunHistory:
             history.apply(event)
         return history
 
-    @classmethod
-    def from_run_dir(cls, run_dir: str | Path) -> RunHistory:
-        from fireflytui.events import read_events
-
-        return cls.from_events(read_events(run_dir), name=Path(run_dir).name)
-
     # Folding events
 
     def apply(self, event: dict[str, Any]) -> None:

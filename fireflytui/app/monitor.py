@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Container, Vertical
@@ -34,7 +34,7 @@ from fireflytui.app.panels import (
 )
 from fireflytui.control import ControlError, send_command
 from fireflytui.events import EventReader
-from fireflytui.history import RunHistory
+from fireflytui.history import GrowRound, RunHistory
 from fireflytui.rundir import is_live
 
 NICE = 10  # added to the monitor's niceness: the trainer is served first
@@ -119,8 +119,6 @@ class MonitorApp(App[None]):
         self.view = "overview"
         self.narrow = False
         self.replayed = threading.Event()  # set once the whole log has been shown
-        self.replay_seconds: float | None = None
-        self._opened = time.perf_counter()
         self._ticks = 0
         self._batches = threading.Semaphore(2)  # batches read ahead of the app, at most
         self._selected: int | None = None  # grow round shown in the strips; None = the latest
@@ -194,7 +192,6 @@ class MonitorApp(App[None]):
         self.replayed.set()
         self.history.changed.update(("state", "metrics", "widths", "rounds", "log"))
         self._redraw()
-        self.replay_seconds = time.perf_counter() - self._opened
 
     def on_liveness(self, message: Liveness) -> None:
         self.history.live = message.live
@@ -228,7 +225,8 @@ class MonitorApp(App[None]):
             self._ended_noted = True
             self.notify(f"run {h.shown_state}: read-only", timeout=4)
 
-    def shown_round(self):
+    def shown_round(self) -> GrowRound | None:
+        """The round drawn in the neurons panel: the one chosen in the table, else the latest."""
         rounds = self.history.rounds
         if not rounds:
             return None
@@ -246,7 +244,7 @@ class MonitorApp(App[None]):
         self._selected = None if rounds and chosen == rounds[-1].round else chosen
         self.strips.show(self.shown_round())
 
-    def on_resize(self, event) -> None:
+    def on_resize(self, event: events.Resize) -> None:
         self._layout(event.size.width, event.size.height)
 
     def _layout(self, width: int, height: int) -> None:

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
 
-from fireflytui.history import COPY, KEPT, NEW, SPLIT, GrowRound, RunHistory
+from fireflytui.history import COPY, KEPT, NEW, SPLIT, GrowRound, RunHistory, Series
 
 STATE_STYLES = {
     "starting": "bold reverse",
@@ -62,18 +62,18 @@ class StatusLine(Static):
         epoch = min(epoch, h.epochs) if h.epochs else epoch
         total = h.epochs * h.steps_per_epoch
         eta, source = h.eta_t()
-        speed = "" if h.images_per_second is None else f"{h.images_per_second:,.0f} img/s"
-        mode = "live" if h.is_live else "read-only"
+        second = [f"eta_t {eta} ({source})", h.device]
+        if h.images_per_second is not None:
+            second.append(f"{h.images_per_second:,.0f} img/s")
+        second.append(f"elapsed {clock(h.elapsed(now))}")
+        if h.is_live and state != "paused":
+            second.append(f"left ~{clock(h.remaining(now))}")
         line = Text()
         line.append(f" {h.name} ", "bold")
         line.append(f" {state.upper()} ", STATE_STYLES.get(state, "bold reverse"))
         line.append(f"  epoch {epoch}/{h.epochs}  step {h.step:,}/{total:,}  {h.params:,} params")
-        line.append("\n")
-        line.append(f" eta_t {eta} ({source})  {h.device}  {speed}  ".replace("   ", "  "))
-        line.append(f"elapsed {clock(h.elapsed(now))}")
-        if h.is_live and state != "paused":
-            line.append(f"  left ~{clock(h.remaining(now))}")
-        line.append(f"  {mode}", "dim" if h.is_live else "bold")
+        line.append("\n " + "  ".join(p for p in second if p) + "  ")
+        line.append("live" if h.is_live else "read-only", "dim" if h.is_live else "bold")
         if h.error and state == "failed":
             line.append(f"\n error: {h.error}", "bold red")
         self.update(line)
@@ -111,11 +111,10 @@ class GrowTable(DataTable):
 
     COLUMNS = ("#", "ep", "by", "params", "split+new", "pred", "meas")
 
-    def on_mount(self) -> None:
-        self.cursor_type = "row"
-        self.zebra_stripes = True
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.add_columns(*self.COLUMNS)
-        self._shown: list[int] = []
+        self._shown: list[int] = []  # the rounds in the table, in order
 
     def show(self, history: RunHistory) -> None:
         rounds = history.rounds
@@ -209,28 +208,20 @@ class Sparks(Vertical):
 
     def show(self, history: RunHistory) -> None:
         loss, acc = history.train_loss, history.test_acc
-        self.loss_label.update(
-            Text.assemble(
-                ("train loss ", "bold"),
-                _value(loss.last, "{:.4f}"),
-                ("  best ", "dim"),
-                _value(loss.best, "{:.4f}"),
-            )
-        )
-        self.acc_label.update(
-            Text.assemble(
-                ("test acc ", "bold"),
-                _value(acc.last, "{:.2%}"),
-                ("  best ", "dim"),
-                _value(acc.best, "{:.2%}"),
-            )
-        )
+        self.loss_label.update(_headline("train loss", loss, "{:.4f}"))
+        self.acc_label.update(_headline("test acc", acc, "{:.2%}"))
         self.loss_spark.data = loss.points()
         self.acc_spark.data = acc.points()
 
 
-def _value(value: float | None, spec: str) -> str:
-    return "--" if value is None else spec.format(value)
+def _headline(name: str, series: Series, spec: str) -> Text:
+    """`name last  best best` above a sparkline."""
+
+    def shown(value: float | None) -> str:
+        return "--" if value is None else spec.format(value)
+
+    parts = [(name + " ", "bold"), shown(series.last), ("  best ", "dim"), shown(series.best)]
+    return Text.assemble(*parts)
 
 
 class EventLogPanel(RichLog):
