@@ -38,7 +38,7 @@ from fireflytui.history import GrowRound, RunHistory
 from fireflytui.rundir import is_live
 
 NICE = 10  # added to the monitor's niceness: the trainer is served first
-REDRAW_HZ = 4  # redraws per second, however fast events arrive
+REDRAW_HZ = 2  # redraws per second at most, however fast events arrive
 POLL_SECONDS = 0.25  # between reads of the event log once it has been replayed
 LIVE_CHECK_SECONDS = 1.0  # between checks that the trainer still holds its lock
 CHUNK_BYTES = 1 << 20  # of the log per batch; at most two batches wait for the app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from rich.cells import cell_len
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -49,13 +50,21 @@ def signed(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
 
+def _update(widget: Static, text: Text) -> None:
+    """Updates `widget`, asking for a new layout (costly) only if its height in rows changed."""
+    width = max(1, widget.content_size.width)
+    rows = sum(max(1, -(-cell_len(line) // width)) for line in text.plain.split("\n"))
+    widget.update(text, layout=rows != getattr(widget, "_rows", None))
+    widget._rows = rows
+
+
 class StatusLine(Static):
     """Run, state, progress, size, eta_t, device, speed, elapsed and remaining time."""
 
     def show(self, history: RunHistory, replaying: bool = False) -> None:
         h, now = history, time.time()
         if replaying:
-            self.update(Text(f" {h.name}: reading the event log, {h.events:,} events so far"))
+            _update(self, Text(f" {h.name}: reading the event log, {h.events:,} events so far"))
             return
         state = h.shown_state
         epoch = h.epoch if state not in ("running", "paused", "growing") else h.epoch + 1
@@ -76,7 +85,7 @@ class StatusLine(Static):
         line.append("live" if h.is_live else "read-only", "dim" if h.is_live else "bold")
         if h.error and state == "failed":
             line.append(f"\n error: {h.error}", "bold red")
-        self.update(line)
+        _update(self, line)
 
 
 class WidthsPanel(Static):
@@ -103,7 +112,7 @@ class WidthsPanel(Static):
             text.append(f" +{extra:<4}" if extra else "      ", "green")
             if i < len(widths) - 1:
                 text.append("\n")
-        self.update(text)
+        _update(self, text)
 
 
 class GrowTable(DataTable):
@@ -208,8 +217,8 @@ class Sparks(Vertical):
 
     def show(self, history: RunHistory) -> None:
         loss, acc = history.train_loss, history.test_acc
-        self.loss_label.update(_headline("train loss", loss, "{:.4f}"))
-        self.acc_label.update(_headline("test acc", acc, "{:.2%}"))
+        _update(self.loss_label, _headline("train loss", loss, "{:.4f}"))
+        _update(self.acc_label, _headline("test acc", acc, "{:.2%}"))
         self.loss_spark.data = loss.points()
         self.acc_spark.data = acc.points()
 
