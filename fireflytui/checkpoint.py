@@ -50,18 +50,23 @@ def save_checkpoint(
     cpu = {k: t.detach().to("cpu").contiguous().clone() for k, t in tensors.items()}
     data = save_bytes(cpu, metadata=header)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_durably(tmp, data)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # a full disk or a kill leaves no partial file behind
         raise
     _fsync_dir(path.parent)
     return len(data)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Writes `data` to a new file at `path` (mode 0600) and forces it to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

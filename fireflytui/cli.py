@@ -100,7 +100,7 @@ def train(
     if headless:
         typer.echo(f"run directory: {launch.run_dir}")
         code = train_here(launch.run_dir, launch.resume, sys.stdout)
-        if launch.discard_if_unstarted():
+        if launch.discard_if_unstarted() and launch.created:
             typer.echo(f"removed {launch.run_dir}: the run did not start", err=True)
         raise typer.Exit(code)
     proc = spawn(launch.run_dir, launch.resume)
@@ -159,7 +159,10 @@ def _monitor(run_dir: Path, out: Path, mouse: bool) -> None:
     from fireflytui.app import run_monitor
     from fireflytui.rundir import is_live, read_pid, summarize
 
-    run_monitor(run_dir, mouse=mouse)
+    closed = run_monitor(run_dir, mouse=mouse)
+    if closed:
+        typer.echo(f"error: {closed}", err=True)
+        raise typer.Exit(1)
     if is_live(run_dir):
         typer.echo(f"training goes on in the background (pid {read_pid(run_dir)}): {run_dir}")
         typer.echo(f"  re-attach: {_attach_command(run_dir, out)}")

@@ -106,6 +106,7 @@ class GrowRound:
     measured_loss_change: float | None
     units: list[UnitGrowth]
     error: str | None = None
+    seq: int = 0  # of its event: unique, where a failed step repeats the last round number
 
     @property
     def split(self) -> int:
@@ -268,6 +269,7 @@ class RunHistory:
             measured_loss_change=e.get("measured_loss_change"),
             units=units,
             error=e.get("error"),
+            seq=e.get("seq", self.events),
         )
         self.rounds.append(grow)
         if len(self.rounds) > self.MAX_ROUNDS:
@@ -288,6 +290,9 @@ class RunHistory:
         )
 
     def _on_checkpoint(self, e: dict[str, Any]) -> None:
+        if e.get("error"):
+            self.note(f"checkpoint failed: {e['error']}", "error", e.get("time"))
+            return
         size = e.get("bytes") or 0
         self.note(
             f"checkpoint {Path(e.get('path', '')).name} ({size / 1e6:.1f} MB)",

@@ -19,7 +19,7 @@ from typing import TextIO
 
 from fireflytui.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
 from fireflytui.config import Config, ConfigError, diff, load_preset
-from fireflytui.events import EVENTS_NAME, EventLog, EventReader, read_events
+from fireflytui.events import EVENTS_NAME, EventReader, read_events
 from fireflytui.rundir import (
     CONFIG_NAME,
     LOG_NAME,
@@ -31,6 +31,9 @@ from fireflytui.rundir import (
     new_run_name,
     write_text_atomic,
 )
+
+# A resumed run's new config, until its trainer has started.
+NEXT_CONFIG_NAME = ".run.toml.next"
 
 # Keys a resumed run cannot change: the checkpoint fixes its network.
 FIXED_ON_RESUME = ("model.",)
@@ -49,14 +52,28 @@ class Launch:
     resume: Path | None = None
     notes: list[str] = field(default_factory=list)  # what came from where, for the user
     created: bool = False  # the run directory is new (and is removed if the run never starts)
+    # What an existing run directory held before this launch, to put back if it never starts.
+    starts: int = 0  # `start` events in its log
+    log_state: tuple[int, int, int] | None = None  # trainer.log's size, atime and mtime (ns)
 
     def discard_if_unstarted(self) -> bool:
-        """Removes a new run directory whose trainer failed before `start`: nothing is left."""
-        if not self.created or is_live(self.run_dir):
+        """Undoes a launch whose trainer failed before `start`: the disk is as it was."""
+        if is_live(self.run_dir):
             return False
-        if any(e["type"] == "start" for e in read_events(self.run_dir / EVENTS_NAME)):
+        events = read_events(self.run_dir / EVENTS_NAME)
+        if sum(e["type"] == "start" for e in events) > self.starts:
             return False
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.created:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return True
+        (self.run_dir / NEXT_CONFIG_NAME).unlink(missing_ok=True)
+        log = self.run_dir / LOG_NAME
+        if self.log_state is None:
+            log.unlink(missing_ok=True)
+        elif log.exists():
+            size, atime, mtime = self.log_state
+            os.truncate(log, size)
+            os.utime(log, ns=(atime, mtime))
         return True
 
 
@@ -115,7 +132,6 @@ def prepare(
 ) -> Launch:
     """Checks everything a run needs before it starts, and makes or reuses its directory."""
     config, checkpoint, notes = resolve_config(preset, sets, resume, out)
-    created = False
     if checkpoint is not None and run is None and is_run_dir(checkpoint.parent):
         run_dir = checkpoint.parent  # a resumed run continues its own directory and log
         if is_live(run_dir):
@@ -123,12 +139,24 @@ def prepare(
                 f"run {run_dir} is in use by a live trainer: stop it first "
                 f"(`fireflytui ctl {run_dir} stop`) or resume into a new run with --run NAME"
             )
-    else:
-        prefix = Path(preset).stem if preset else (checkpoint.parent.name if checkpoint else "run")
-        run_dir = create_run_dir(out, run or new_run_name(prefix))
-        created = True
+        log = run_dir / LOG_NAME
+        stat = log.stat() if log.exists() else None
+        launch = Launch(
+            config,
+            run_dir,
+            checkpoint,
+            notes,
+            starts=sum(e["type"] == "start" for e in read_events(run_dir / EVENTS_NAME)),
+            log_state=(stat.st_size, stat.st_atime_ns, stat.st_mtime_ns) if stat else None,
+        )
+        # The trainer puts it in place of run.toml once it has started; until then, nothing of
+        # the run is changed.
+        write_text_atomic(run_dir / NEXT_CONFIG_NAME, config.to_toml())
+        return launch
+    prefix = Path(preset).stem if preset else (checkpoint.parent.name if checkpoint else "run")
+    run_dir = create_run_dir(out, run or new_run_name(prefix))
     write_text_atomic(run_dir / CONFIG_NAME, config.to_toml())
-    return Launch(config, run_dir, checkpoint, notes, created)
+    return Launch(config, run_dir, checkpoint, notes, created=True)
 
 
 def train_here(run_dir: str | Path, resume: str | Path | None, stream: TextIO) -> int:
@@ -142,15 +170,16 @@ def train_here(run_dir: str | Path, resume: str | Path | None, stream: TextIO) -
     try:
         from fireflytui.table import TablePrinter
 
+        pending = run_dir / NEXT_CONFIG_NAME
         try:
-            config = load_preset(str(run_dir / CONFIG_NAME))
+            config = load_preset(str(pending if pending.exists() else run_dir / CONFIG_NAME))
             checkpoint = load_checkpoint(resume) if resume else None
             trainer = Trainer(config, run_dir, resume=checkpoint, on_event=TablePrinter(stream))
         except (DataError, TrainingError, CheckpointError, ConfigError) as e:
-            with EventLog(run_dir / EVENTS_NAME) as log:
-                log.emit("end", status="failed", error=str(e), sync=True)
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(f"error: {e}", file=sys.stderr, flush=True)  # the run never started: no event
             return 2
+        if pending.exists():
+            os.replace(pending, run_dir / CONFIG_NAME)
         _stop_on_signals(trainer)
         status = trainer.run()
         return 0 if status in ("finished", "stopped") else 1
@@ -206,9 +235,10 @@ def wait_for_start(run_dir: Path, proc: subprocess.Popen, timeout: float = 300.0
             if event["type"] == "end":
                 raise LaunchError(event.get("error") or f"the trainer ended: {event['status']}")
         if proc.poll() is not None:
-            raise LaunchError(
-                f"the trainer exited with code {proc.returncode}: {_last_line(run_dir / LOG_NAME)}"
-            )
+            last = _last_line(run_dir / LOG_NAME)
+            if last.startswith("error: "):  # the trainer's own one-line reason
+                raise LaunchError(last.removeprefix("error: "))
+            raise LaunchError(f"the trainer exited with code {proc.returncode}: {last}")
         time.sleep(0.1)
     raise LaunchError(
         f"the trainer has not started after {timeout:.0f} s: see {run_dir / LOG_NAME}"

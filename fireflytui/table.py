@@ -53,6 +53,8 @@ def format_event(event: dict[str, Any]) -> str | None:
             f"{_num(event['predicted_loss_change'], '+.4f')} measured "
             f"{_num(event['measured_loss_change'], '+.4f')}, {event['seconds']:.1f} s; {grown}"
         )
+    if kind == "checkpoint" and event.get("error"):
+        return f"{'ckpt':>5} {event['step']:>8}  {event['error']}"
     if kind == "control":
         answer = "ok" if event["ok"] else f"refused: {event['error']}"
         args = " ".join(f"{k}={v}" for k, v in (event.get("args") or {}).items())

@@ -159,6 +159,7 @@ class Trainer:
         self._grow_requested: Request | None = None
         self._stop_requested: Request | None = None
         self._interrupted = False
+        self._end_note: str | None = None  # why a stopped run ended without its checkpoint
         self._pending_status: str | None = None
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -235,6 +236,8 @@ class Trainer:
         finally:
             if status != "finished" and status != "stopped":
                 status = "failed"
+            if status == "stopped" and error is None:
+                error = self._end_note
             self._set_state(status)
             self.emit("end", status=status, error=error, sync=True)
             if self.control is not None:
@@ -466,7 +469,10 @@ class Trainer:
                 optimizer=self.optimizer,
                 seed=derive_seed(self.config.train.seed, "grow", round_),
             )
-        except (ValueError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - grow_step leaves the given network untouched
+            reason = (
+                str(e) if isinstance(e, (ValueError, RuntimeError)) else f"{type(e).__name__}: {e}"
+            )
             self._window.exclude(time.perf_counter() - excluded)
             event = self._emit_grow(
                 trigger,
@@ -479,7 +485,7 @@ class Trainer:
                 predicted_loss_change=None,
                 measured_loss_change=None,
                 units=[],
-                error=f"the grow step failed and the network is unchanged: {e}",
+                error=f"the grow step failed and the network is unchanged: {reason}",
             )
             if trigger == "schedule":
                 progress.last_grow_epoch = progress.epoch
@@ -550,8 +556,10 @@ class Trainer:
             for request in requests:
                 self._handle(request)
             if self._stop_requested is not None:
-                self._stop(self._stop_requested)
-                return True
+                request, self._stop_requested = self._stop_requested, None
+                self._stop(request)
+                if self._interrupted:  # not when its checkpoint could not be written
+                    return True
             if self._grow_requested is not None:
                 request, self._grow_requested = self._grow_requested, None
                 event = self._grow("user")
@@ -587,7 +595,10 @@ class Trainer:
                 self._grow_requested = request  # acknowledged once it is done
         elif command == "checkpoint":
             event = self.save("user")
-            self._acknowledge(request, True, path=event["path"])
+            if event["error"] is None:
+                self._acknowledge(request, True, path=event["path"])
+            else:
+                self._acknowledge(request, False, event["error"])
         elif command == "stop":
             self._stop_requested = request
         elif command == "set":
@@ -624,8 +635,16 @@ class Trainer:
     def _stop(self, request: Request | None) -> None:
         self._interrupted = True
         event = self.save("user")
-        if request is not None:
-            self._acknowledge(request, True, path=event["path"])
+        if event["error"] is None:
+            if request is not None:
+                self._acknowledge(request, True, path=event["path"])
+        elif request is not None:  # a stop asked for over the channel waits for a checkpoint
+            self._interrupted = False
+            self._acknowledge(
+                request, False, f"{event['error']}; not stopping: free space and stop again"
+            )
+        else:  # a signal stops the run anyway; the end event says what was not saved
+            self._end_note = f"stopped without a final checkpoint: {event['error']}"
 
     # Checkpoints
 
@@ -658,20 +677,33 @@ class Trainer:
             "time": time.time(),
         }
         path = self.run_dir / checkpoint_name(progress.step, kind)
-        size = save_checkpoint(path, tensors, meta)
+        try:
+            size, error = save_checkpoint(path, tensors, meta), None
+        except OSError as e:  # a full disk, a quota, a read-only mount: training goes on
+            size, error = (
+                0,
+                f"could not write {path.name}: {e.strerror or e}; " + (self._last_good_note()),
+            )
         event = self.emit(
             "checkpoint",
-            path=str(path),
+            path=None if error else str(path),
             kind=kind,
             epoch=progress.epoch,
             step=progress.step,
             seconds=time.perf_counter() - started,
             bytes=size,
+            error=error,
             sync=True,
         )
-        if kind == "epoch":
+        if kind == "epoch" and error is None:
             self._prune()
         return event
+
+    def _last_good_note(self) -> str:
+        latest = find_checkpoints(self.run_dir)
+        if not latest:
+            return "no checkpoint of this run exists yet"
+        return f"the last good checkpoint, {latest[-1].name}, is kept"
 
     def _prune(self) -> None:
         """Keeps the last `checkpoint.keep` epoch checkpoints; grow and user ones stay."""

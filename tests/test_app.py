@@ -6,7 +6,9 @@ a live demo run, whose trainer answers for real.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -327,3 +329,33 @@ async def test_no_color_leaves_only_the_terminals_own_colours(tmp_path, monkeypa
         assert colours <= {"default"}, colours
         assert any(s.reverse for s in styles) and any(s.bold for s in styles)  # state, titles
         assert "FINISHED" in screen_text(app) and "▒" in screen_text(app)  # not only colour
+
+
+async def test_a_trainer_killed_under_the_app_shows_the_run_failed_with_its_last_events(tmp_path):
+    run = start_live_run(tmp_path)
+    try:
+        app = MonitorApp(run)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: "RUNNING" in screen_text(app), what="running")
+            os.kill(int((run / "trainer.pid").read_text()), signal.SIGKILL)
+            await until(pilot, lambda: "FAILED" in screen_text(app), what="failed")
+            await pilot.press("3")
+            await until(pilot, lambda: "the trainer is gone" in log_text(app), what="the note")
+            await pilot.pause(0.5)
+            assert app.history.events == len(read_events(run))  # every event it left is shown
+            assert not app.screen.active_bindings["p"].enabled
+            assert "read-only" in screen_text(app)
+    finally:
+        if is_live(run):
+            os.kill(int((run / "trainer.pid").read_text()), signal.SIGKILL)
+
+
+async def test_a_deleted_run_directory_closes_the_app_with_a_clear_message(tmp_path):
+    run = recorded_run(tmp_path)
+    app = MonitorApp(run, live=lambda run: False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, app.replayed.is_set, what="the replay")
+        shutil.rmtree(run)
+        await until(pilot, lambda: app.return_code is not None, what="the app to close")
+    assert app.return_code == 1
+    assert app.return_value == f"the run directory {run} was deleted; the monitor has closed"

@@ -222,3 +222,62 @@ def test_detached_run_outlives_its_cli_and_obeys_ctl(tmp_path):
     ]
     assert read_metadata(latest_checkpoint(run))["settings"]["eta"] == 3
     assert "epoch" in (run / "trainer.log").read_text()  # the trainer's table went to its log
+
+
+def tree(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under `root` with its size, modification time and contents."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_bad_input_changes_nothing_on_disk(finished_run, tmp_path):
+    """Every refusal is one `error:` line and exit code 2, and leaves every file as it was."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    out = finished_run.parent
+    run = str(finished_run)
+    checkpoint = latest_checkpoint(finished_run)
+    newer = tmp_path / "newer" / "step-0000001-epoch.safetensors"
+    newer.parent.mkdir()
+    with safe_open(str(checkpoint), framework="pt") as f:
+        meta = {**f.metadata(), "format_version": "99"}
+    save_file(load_file(checkpoint), newer, metadata=meta)
+    pickled = tmp_path / "pickled" / "step-0000001-epoch.safetensors"
+    pickled.parent.mkdir()
+    pickled.write_bytes(b"\x80\x04\x95" + bytes(64))  # a pickle stream, as torch.save writes
+    truncated = tmp_path / "truncated" / "step-0000001-epoch.safetensors"
+    truncated.parent.mkdir()
+    truncated.write_bytes(checkpoint.read_bytes()[:-100])
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("[train]\nepochs = 3\nlr = = 0.1\nseed = 1\n")
+    missing_data = sets("data.source=imagefolder", f"data.dir={tmp_path / 'no-such-dir'}")
+
+    cases = [
+        (["--preset", "vgg"], "unknown preset", "demo"),
+        (["--preset", str(bad_toml)], "line 3", "column"),
+        (["--preset", "demo", *sets("growth.rtio=0.3")], "did you mean 'growth.ratio'"),
+        (["--preset", "demo", *sets("growth.eta=-3")], "growth.eta"),
+        (["--preset", "demo", *sets("train.epochs=0")], "train.epochs"),
+        (["--preset", "demo", *sets("growth.ratio=0")], "growth.ratio"),
+        (["--preset", "demo", *sets("train.epochs=ten")], "train.epochs"),
+        (["--preset", "demo", "--run", "r1"], "already exists"),
+        (["--resume", str(tmp_path / "nope.safetensors")], "nope"),
+        (["--resume", str(truncated)], "truncated or corrupt"),
+        (["--resume", str(pickled)], str(pickled.name)),
+        (["--resume", str(newer)], "newer"),
+        (["--resume", run, *sets("model.width=32")], "contradicts the checkpoint"),
+        (["--resume", run, "--headless", *missing_data], "no-such-dir"),
+        (["--resume", run, "--detach", *missing_data], "no-such-dir"),
+    ]
+    before = tree(out)
+    for args, *needles in cases:
+        one_line_error(invoke("train", "--out", str(out), *args), *needles)
+        assert tree(out) == before, args
+    with TrainerLock(finished_run):  # a live trainer holds the run
+        one_line_error(invoke("train", "--out", str(out), "--resume", run), "in use by a live")
+    assert tree(out) == before
+    assert [e["status"] for e in read_events(finished_run) if e["type"] == "end"] == ["finished"]

@@ -373,3 +373,96 @@ def test_channels_last_layout_trains_the_same_network(tmp_path, dataset):
         losses[flag] = epochs_of(run_dir)[0]
     for key in ("train_loss", "test_loss"):
         assert losses["true"][key] == pytest.approx(losses["false"][key], rel=1e-3), key
+
+
+def test_a_failing_grow_step_leaves_the_network_as_it_was_and_says_so(
+    tmp_path, dataset, monkeypatch
+):
+    trainer = Trainer(tiny("growth.rounds=1"), tmp_path, dataset=dataset, control=False)
+    before = {}
+
+    def broken_grow_step(model, *args, **kwargs):
+        before["model"] = model
+        before["state"] = {k: v.clone() for k, v in model.state_dict().items()}
+        raise IndexError("boom")  # not an error the engine raises on purpose
+
+    monkeypatch.setattr("fireflytui.trainer.grow_step", broken_grow_step)
+    original, checked = trainer._train_step, []
+
+    def first_step_after(x, y):
+        if "model" in before and not checked:  # the network the failed step was given, as it was
+            assert trainer.model is before["model"]
+            state = trainer.model.state_dict()
+            assert all(torch.equal(state[k], v) for k, v in before["state"].items())
+            checked.append(True)
+        original(x, y)
+
+    trainer._train_step = first_step_after
+    assert trainer.run() == "finished"
+    assert checked
+    grow = next(e for e in read_events(tmp_path) if e["type"] == "grow")
+    assert grow["error"] == "the grow step failed and the network is unchanged: IndexError: boom"
+    assert grow["params_after"] == grow["params_before"] and grow["units"] == []
+    assert epochs_of(tmp_path)[-1]["widths"] == [4] * 8
+
+
+class FullDisk:
+    """Makes the chosen checkpoint writes fail half way, as a full disk does."""
+
+    def __init__(self, monkeypatch, fail=lambda call: True):
+        import fireflytui.checkpoint as checkpoint
+
+        self.calls, self.fail, self.write = 0, fail, checkpoint._write_durably
+        monkeypatch.setattr(checkpoint, "_write_durably", self)
+
+    def __call__(self, path, data):
+        self.calls += 1
+        if not self.fail(self.calls):
+            return self.write(path, data)
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint_and_training_goes_on(
+    tmp_path, dataset, monkeypatch
+):
+    disk = FullDisk(monkeypatch, fail=lambda call: call == 2)  # the second epoch's checkpoint
+    trainer = Trainer(tiny("growth.rounds=0"), tmp_path, dataset=dataset, control=False)
+    assert trainer.run() == "finished"
+    saves = [e for e in read_events(tmp_path) if e["type"] == "checkpoint"]
+    assert [e["error"] is None for e in saves] == [True, False, True]
+    failed = saves[1]
+    assert failed["path"] is None and failed["bytes"] == 0
+    assert "No space left on device" in failed["error"]
+    assert "the last good checkpoint, step-0000008-epoch.safetensors, is kept" in failed["error"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert read_metadata(tmp_path / "step-0000008-epoch.safetensors")["progress"]["epoch"] == 1
+    assert read_metadata(latest_checkpoint(tmp_path))["progress"]["epoch"] == 3
+    assert disk.calls == 3
+
+
+def test_with_a_full_disk_checkpoint_and_stop_commands_are_refused_and_training_goes_on(
+    tmp_path, dataset, monkeypatch
+):
+    disk = FullDisk(monkeypatch)
+    live = LiveRun(tmp_path, dataset, "growth.rounds=0", "checkpoint.keep=1")
+    try:
+        reply = live.send("checkpoint")
+        assert not reply["ok"] and "No space left on device" in reply["error"]
+        reply = live.send("stop")
+        assert not reply["ok"] and reply["error"].endswith(
+            "not stopping: free space and stop again"
+        )
+        step = live.send("status")["step"]
+        deadline = time.monotonic() + 30
+        while live.send("status")["step"] <= step:  # still training
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        disk.fail = lambda call: False  # space is freed
+        reply = live.send("stop")
+        live.thread.join(60)
+    assert reply["ok"] and live.status == "stopped"
+    assert read_events(tmp_path)[-1]["error"] is None
+    assert read_metadata(latest_checkpoint(tmp_path))["kind"] == "user"

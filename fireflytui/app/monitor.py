@@ -34,7 +34,7 @@ from fireflytui.app.panels import (
 )
 from fireflytui.control import ControlError, send_command
 from fireflytui.events import EventReader
-from fireflytui.history import GrowRound, RunHistory
+from fireflytui.history import LIVE_STATES, GrowRound, RunHistory
 from fireflytui.rundir import is_live
 
 NICE = 10  # added to the monitor's niceness: the trainer is served first
@@ -71,6 +71,10 @@ class CaughtUp(Message):
     """The reader has reached the end of the log once: the replay is over."""
 
 
+class RunGone(Message):
+    """The run directory no longer exists."""
+
+
 class Liveness(Message):
     """Whether a trainer holds the run's lock."""
 
@@ -79,7 +83,7 @@ class Liveness(Message):
         self.live = live
 
 
-class MonitorApp(App[None]):
+class MonitorApp(App[str | None]):
     """Shows one run and steers its trainer."""
 
     CSS_PATH = "monitor.tcss"
@@ -121,7 +125,7 @@ class MonitorApp(App[None]):
         self.replayed = threading.Event()  # set once the whole log has been shown
         self._ticks = 0
         self._batches = threading.Semaphore(2)  # batches read ahead of the app, at most
-        self._selected: int | None = None  # grow round shown in the strips; None = the latest
+        self._selected: int | None = None  # `seq` of the round shown in the strips; None: latest
         self._ended_noted = False
 
     def compose(self) -> ComposeResult:
@@ -167,6 +171,9 @@ class MonitorApp(App[None]):
         while not worker.is_cancelled:
             now = time.monotonic()
             if now - checked >= LIVE_CHECK_SECONDS:
+                if not self.run_dir.is_dir():
+                    self.post_message(RunGone())
+                    return
                 checked, was = now, alive
                 alive = self.live(self.run_dir)
                 if alive != was:
@@ -194,8 +201,20 @@ class MonitorApp(App[None]):
         self._redraw()
 
     def on_liveness(self, message: Liveness) -> None:
-        self.history.live = message.live
-        self.history.changed.add("state")
+        h = self.history
+        died = h.live and not message.live and h.state in LIVE_STATES
+        h.live = message.live
+        h.changed.add("state")
+        if died:  # the lock went with the process: killed, or out of memory, or its machine
+            h.note(
+                "the trainer is gone without an end event (killed?); its checkpoints stay: "
+                "resume with fireflytui train --resume RUN",
+                "error",
+            )
+            self.notify("the trainer is gone: the run has failed", severity="error", timeout=8)
+
+    def on_run_gone(self, message: RunGone) -> None:
+        self.exit(f"the run directory {self.run_dir} was deleted; the monitor has closed", 1)
 
     # Drawing
 
@@ -232,7 +251,7 @@ class MonitorApp(App[None]):
             return None
         if self._selected is not None:
             for grow in rounds:
-                if grow.round == self._selected:
+                if grow.seq == self._selected:
                     return grow
         return rounds[-1]
 
@@ -241,7 +260,7 @@ class MonitorApp(App[None]):
             return
         rounds = self.history.rounds
         chosen = int(event.row_key.value)
-        self._selected = None if rounds and chosen == rounds[-1].round else chosen
+        self._selected = None if rounds and chosen == rounds[-1].seq else chosen
         self.strips.show(self.shown_round())
 
     def on_resize(self, event: events.Resize) -> None:
@@ -368,12 +387,12 @@ class MonitorApp(App[None]):
             done(reply)
 
 
-def run_monitor(run_dir: str | Path, *, mouse: bool = True) -> None:
-    """Opens the monitor on `run_dir` in this terminal until the user quits.
+def run_monitor(run_dir: str | Path, *, mouse: bool = True) -> str | None:
+    """Opens the monitor on `run_dir` until the user quits; returns why it closed, if not so.
 
     The monitor runs at a lower CPU priority than the trainer (nice +NICE): on a machine whose
     cores training keeps busy, the steps come first and the screen waits a moment.
     """
     with suppress(OSError):
         os.nice(NICE)
-    MonitorApp(run_dir).run(mouse=mouse)
+    return MonitorApp(run_dir).run(mouse=mouse)

@@ -123,17 +123,17 @@ class GrowTable(DataTable):
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.add_columns(*self.COLUMNS)
-        self._shown: list[int] = []  # the rounds in the table, in order
+        self._shown: list[int] = []  # the `seq` of each round in the table, in order
 
     def show(self, history: RunHistory) -> None:
         rounds = history.rounds
-        if self._shown and (not rounds or rounds[0].round != self._shown[0]):
+        if self._shown and (not rounds or rounds[0].seq != self._shown[0]):
             self.clear()
             self._shown = []
         following = not self._shown or self.cursor_row >= len(self._shown) - 1
         for grow in rounds[len(self._shown) :]:
-            self.add_row(*self._cells(grow), key=str(grow.round))
-            self._shown.append(grow.round)
+            self.add_row(*self._cells(grow), key=str(grow.seq))
+            self._shown.append(grow.seq)
         if following and self._shown:
             self.move_cursor(row=len(self._shown) - 1)
 
