@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fireflytui.settings import SettingError, parse_settings
+from fireflytui.table import command_text, printable
 
 LIVE_STATES = ("starting", "running", "paused", "growing")
 
@@ -302,7 +303,7 @@ class RunHistory:
 
     def _on_control(self, e: dict[str, Any]) -> None:
         command, args = e.get("command", "?"), e.get("args") or {}
-        shown = " ".join([command, *(f"{k}={v}" for k, v in args.items())])
+        shown = command_text(e)
         if e.get("ok"):
             if command == "set":
                 try:
@@ -311,7 +312,7 @@ class RunHistory:
                     pass
             self.note(f"{shown}: done at step {e.get('applied_step')}", "control", e.get("time"))
         else:
-            self.note(f"{shown}: refused: {e.get('error')}", "control", e.get("time"))
+            self.note(f"{shown}: refused: {printable(e.get('error'))}", "control", e.get("time"))
 
     def _on_state(self, e: dict[str, Any]) -> None:
         state, now = e.get("state", self.state), e.get("time")

@@ -54,7 +54,7 @@ def parse_settings(values: dict[str, Any], *, max_eta: int | None = None) -> dic
             low = 0 if key == "eta" else 1
             if value < low:
                 unit = "neurons" if key == "eta" else "epochs"
-                raise SettingError(f"{key} must be an integer >= {low} {unit}, got {raw!r}")
+                raise SettingError(f"{key} must be an integer >= {low} {unit}, got {_shown(raw)}")
             if key == "eta" and max_eta is not None and value > max_eta:
                 raise SettingError(
                     f"eta must be at most {max_eta} neurons (the candidates a grow step can "
@@ -63,16 +63,16 @@ def parse_settings(values: dict[str, Any], *, max_eta: int | None = None) -> dic
         else:
             value = _number(key, raw)
             if key == "ratio" and not 0 < value <= 1:
-                raise SettingError(f"ratio must be in (0, 1], got {raw!r}")
+                raise SettingError(f"ratio must be in (0, 1], got {_shown(raw)}")
             if key == "lr" and not value > 0:
-                raise SettingError(f"lr must be > 0, got {raw!r}")
+                raise SettingError(f"lr must be > 0, got {_shown(raw)}")
         out[key] = value
     return out
 
 
 def _integer(key: str, raw: Any) -> int:
     if isinstance(raw, bool):
-        raise SettingError(f"{key} must be an integer, got {raw!r}")
+        raise SettingError(f"{key} must be an integer, got {_shown(raw)}")
     if isinstance(raw, int):
         return raw
     if isinstance(raw, float) and raw.is_integer():
@@ -80,16 +80,22 @@ def _integer(key: str, raw: Any) -> int:
     try:
         return int(str(raw).strip())
     except ValueError:
-        raise SettingError(f"{key} must be an integer, got {raw!r}") from None
+        raise SettingError(f"{key} must be an integer, got {_shown(raw)}") from None
 
 
 def _number(key: str, raw: Any) -> float:
     if isinstance(raw, bool):
-        raise SettingError(f"{key} must be a number, got {raw!r}")
+        raise SettingError(f"{key} must be a number, got {_shown(raw)}")
     try:
         value = float(raw) if isinstance(raw, (int, float)) else float(str(raw).strip())
-    except ValueError:
-        raise SettingError(f"{key} must be a number, got {raw!r}") from None
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
+        raise SettingError(f"{key} must be a finite number, got {_shown(raw)}") from None
     if not math.isfinite(value):
-        raise SettingError(f"{key} must be a finite number, got {raw!r}")
+        raise SettingError(f"{key} must be a finite number, got {_shown(raw)}")
     return value
+
+
+def _shown(raw: Any) -> str:
+    """A refused value as the reason quotes it: its repr, cut to a readable length."""
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -56,13 +56,34 @@ def format_event(event: dict[str, Any]) -> str | None:
     if kind == "checkpoint" and event.get("error"):
         return f"{'ckpt':>5} {event['step']:>8}  {event['error']}"
     if kind == "control":
-        answer = "ok" if event["ok"] else f"refused: {event['error']}"
-        args = " ".join(f"{k}={v}" for k, v in (event.get("args") or {}).items())
-        return f"{'ctl':>5} {event.get('applied_step') or '':>8} {event['command']} {args} {answer}"
+        answer = "ok" if event["ok"] else f"refused: {printable(event['error'])}"
+        return f"{'ctl':>5} {event.get('applied_step') or '':>8} {command_text(event)} {answer}"
     if kind == "end":
         error = f": {event['error']}" if event.get("error") else ""
         return f"{event['status']}{error}"
     return None
+
+
+def printable(value: Any) -> str:
+    """`value` as text safe to print on one line: control characters and lone surrogates, which
+    a client can put in a command, are shown escaped."""
+    text = str(value)
+    if text.isprintable() and text.isascii():
+        return text
+    return "".join(
+        c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else ascii(c)[1:-1] for c in text
+    )
+
+
+def command_text(event: dict[str, Any]) -> str:
+    """A `control` event's command and arguments, as `set eta=12`."""
+    args = event.get("args") if isinstance(event.get("args"), dict) else {}
+    return " ".join(
+        [
+            printable(event.get("command")),
+            *(f"{printable(k)}={printable(v)}" for k, v in args.items()),
+        ]
+    )
 
 
 class TablePrinter:
@@ -73,5 +94,9 @@ class TablePrinter:
 
     def __call__(self, event: dict[str, Any]) -> None:
         line = format_event(event)
-        if line is not None:
+        if line is None:
+            return
+        try:
             print(line, file=self.stream, flush=True)
+        except UnicodeEncodeError:  # a stream that cannot show some character: escape it
+            print(line.encode("ascii", "backslashreplace").decode(), file=self.stream, flush=True)

@@ -487,3 +487,23 @@ def test_module_uses_only_the_standard_library():
         if line.startswith(("import ", "from "))
     }
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_values_that_once_crashed_the_trainer_are_refused_and_print_on_one_line():
+    from fireflytui.settings import SettingError, parse_settings
+    from fireflytui.table import format_event
+
+    for key in ("ratio", "lr"):  # an integer literal beyond any float
+        with pytest.raises(SettingError, match=f"{key} must be a finite number"):
+            parse_settings({key: 10**400})
+    event = {
+        "type": "control",
+        "command": "set\u2028",
+        "args": {"\udfff": "1\n2", "eta": "\ud800"},
+        "ok": False,
+        "error": "unknown setting '\\udfff'",
+        "applied_step": None,
+    }
+    line = format_event(event)
+    assert "\n" not in line and line.encode("utf-8")  # one line, printable on any terminal
+    assert "set\\u2028 \\udfff=1\\n2 eta=\\ud800 refused" in line
