@@ -164,6 +164,14 @@ def find_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for *_, p in sorted(found)]
 
 
+def save_count(path: str | Path) -> int:
+    """How many checkpoints the run had written when it wrote `path` (0 if unreadable)."""
+    try:
+        return int(read_metadata(path)["progress"].get("saves", 0))
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return 0
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The checkpoint saved last in `run_dir`, by the save counter in its metadata."""
     files = find_checkpoints(run_dir)

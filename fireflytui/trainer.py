@@ -23,9 +23,12 @@ import torch.nn.functional as F
 
 from fireflytui.checkpoint import (
     Checkpoint,
+    CheckpointError,
     checkpoint_name,
     find_checkpoints,
+    latest_checkpoint,
     save_checkpoint,
+    save_count,
 )
 from fireflytui.config import Config
 from fireflytui.control import ControlServer, Request
@@ -700,16 +703,17 @@ class Trainer:
         return event
 
     def _last_good_note(self) -> str:
-        latest = find_checkpoints(self.run_dir)
-        if not latest:
+        try:
+            return f"the last good checkpoint, {latest_checkpoint(self.run_dir).name}, is kept"
+        except CheckpointError:
             return "no checkpoint of this run exists yet"
-        return f"the last good checkpoint, {latest[-1].name}, is kept"
 
     def _prune(self) -> None:
-        """Keeps the last `checkpoint.keep` epoch checkpoints; grow and user ones stay."""
+        """Keeps the last `checkpoint.keep` epoch checkpoints written; grow and user ones stay."""
         epoch_files = [
             p for p in find_checkpoints(self.run_dir) if p.name.endswith("-epoch.safetensors")
         ]
+        epoch_files.sort(key=save_count)  # by when they were written, not by step
         for path in epoch_files[: -self.config.checkpoint.keep]:
             path.unlink(missing_ok=True)
 
@@ -744,6 +748,10 @@ class Trainer:
         self.progress = Progress(
             **{k: v for k, v in checkpoint.meta["progress"].items() if k in known}
         )
+        # Resumed from an older checkpoint, its own saves must still count as the newest: above
+        # those of the steps it goes back on, which stay on disk.
+        counts = [save_count(p) for p in find_checkpoints(self.run_dir)]
+        self.progress.saves = max([self.progress.saves, *counts])
         self.metrics = checkpoint.meta.get("metrics") or {}
 
 

@@ -466,3 +466,31 @@ def test_with_a_full_disk_checkpoint_and_stop_commands_are_refused_and_training_
     assert reply["ok"] and live.status == "stopped"
     assert read_events(tmp_path)[-1]["error"] is None
     assert read_metadata(latest_checkpoint(tmp_path))["kind"] == "user"
+
+
+def test_resuming_an_older_checkpoint_in_its_own_run_makes_its_saves_the_latest(tmp_path, dataset):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert (
+        Trainer(tiny("checkpoint.keep=2"), run, dataset=dataset, control=False).run() == "finished"
+    )
+    older = run / "step-0000008-grow.safetensors"  # after epoch 1's grow step
+    checkpoint = load_checkpoint(older)
+    config = Config.from_dict(checkpoint.meta["config"]).with_overrides(["growth.ratio=0.25"])
+    trainer = Trainer(config, run, resume=checkpoint, dataset=dataset, control=False)
+    original = trainer._train_step
+
+    def crash_in_epoch_3(x, y):  # the resumed branch dies before it reaches the old end
+        if trainer.progress.epoch == 2 and trainer.progress.epoch_step == 3:
+            raise KeyboardInterrupt
+        original(x, y)
+
+    trainer._train_step = crash_in_epoch_3
+    trainer.run()
+    latest = latest_checkpoint(run)  # what `--resume RUN` picks
+    assert read_metadata(latest)["settings"]["ratio"] == 0.25
+    assert read_metadata(latest)["progress"]["epoch"] == 2
+    # The epoch checkpoints kept are the newest written, not those of the highest step.
+    kept = [p for p in find_checkpoints(run) if p.name.endswith("-epoch.safetensors")]
+    assert [read_metadata(p)["settings"]["ratio"] for p in kept].count(0.25) >= 1
+    assert (run / "step-0000016-epoch.safetensors").exists()
