@@ -10,11 +10,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from runs import cli
 from textual.widgets import Sparkline
 
 from fireflytui.app import MonitorApp
@@ -222,14 +222,11 @@ async def test_the_help_screen_and_the_command_palette_list_the_controls(tmp_pat
 
 def start_live_run(out: Path) -> Path:
     """A demo run started by plain `fireflytui train`, which, with no terminal, goes background."""
-    started = subprocess.run(
-        [sys.executable, "-m", "fireflytui.cli", "train", "--preset", "demo", "--out", str(out)]
-        + ["--run", "live", "--set", "train.epochs=300", "--set", "growth.rounds=1"]
-        + ["--set", "data.train_subset=512", "--set", "data.test_subset=128"]
-        + ["--set", "train.threads=1", "--set", "train.log_every=4"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    started = cli(
+        *["train", "--preset", "demo", "--out", str(out), "--run", "live"],
+        *["--set", "train.epochs=300", "--set", "growth.rounds=1"],
+        *["--set", "data.train_subset=512", "--set", "data.test_subset=128"],
+        *["--set", "train.threads=1", "--set", "train.log_every=4"],
         stdin=subprocess.DEVNULL,
     )
     assert started.returncode == 0, started.stderr
@@ -288,28 +285,19 @@ async def test_a_live_run_is_steered_from_the_app_and_outlives_it(tmp_path):
         assert end["type"] == "end" and end["status"] == "stopped"
     finally:
         if is_live(run):
-            subprocess.run([sys.executable, "-m", "fireflytui.cli", "ctl", str(run), "stop"])
+            cli("ctl", str(run), "stop")
         shutil.rmtree(run, ignore_errors=True)
 
 
 def test_attach_without_a_terminal_says_so_in_one_line(tmp_path):
     run = recorded_run(tmp_path)
-    out = subprocess.run(
-        [sys.executable, "-m", "fireflytui.cli", "attach", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    out = cli("attach", "--out", str(tmp_path), stdin=subprocess.DEVNULL)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [
         "error: attach draws the monitor in a terminal; none is attached to this process"
     ]
     assert run.exists()
-    missing = subprocess.run(
-        [sys.executable, "-m", "fireflytui.cli", "attach", "nope", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
+    missing = cli("attach", "nope", "--out", str(tmp_path))
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from runs import cli
 from typer.testing import CliRunner
 
 from fireflytui.checkpoint import find_checkpoints, latest_checkpoint, read_metadata
@@ -166,16 +164,6 @@ def test_presets_inspect_runs(finished_run):
     row = [line for line in table.splitlines() if line.startswith("r1 ")][0]
     assert "finished" in row and "1/1" in row
     one_line_error(invoke("ctl", str(finished_run), "pause"), "no trainer is running")
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fireflytui.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
 
 
 def test_detached_run_outlives_its_cli_and_obeys_ctl(tmp_path):

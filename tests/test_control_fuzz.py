@@ -21,7 +21,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from runs import cli as run_cli
 
 from fireflytui.control import (
     MAX_ARGS,
@@ -64,15 +64,8 @@ RSS_GROWTH_LIMIT_KB = 10 * 1024  # see test_fuzzed_control_socket_refuses_everyt
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run the CLI in a subprocess with umask 000, so that only the trainer's own modes count."""
-    return subprocess.run(
-        [sys.executable, "-m", "fireflytui.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        umask=0,
-    )
+    """The CLI with umask 000, so that only the trainer's own file modes count."""
+    return run_cli(*args, timeout=timeout, umask=0)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
