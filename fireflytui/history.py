@@ -285,7 +285,7 @@ class RunHistory:
             f"grow step {grow.round} ({grow.trigger}): +{grow.eta} neurons "
             f"({grow.split} split, {grow.new} new), {grow.params_before:,} -> "
             f"{grow.params_after:,} params, loss change predicted "
-            f"{_signed(grow.predicted_loss_change)} measured {_signed(grow.measured_loss_change)}",
+            f"{signed(grow.predicted_loss_change)} measured {signed(grow.measured_loss_change)}",
             "grow",
             e.get("time"),
         )
@@ -387,5 +387,6 @@ class RunHistory:
         return [max(0, w - s) for w, s in zip(self.widths, self.start_widths, strict=True)]
 
 
-def _signed(value: float | None) -> str:
+def signed(value: float | None) -> str:
+    """A loss change as the monitor writes it: `+0.0123`, or `n/a` when there is none."""
     return "n/a" if value is None else f"{value:+.4f}"

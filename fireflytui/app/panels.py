@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
 
-from fireflytui.history import COPY, KEPT, NEW, SPLIT, GrowRound, RunHistory, Series
+from fireflytui.history import COPY, KEPT, NEW, SPLIT, GrowRound, RunHistory, Series, signed
 
 STATE_STYLES = {
     "starting": "bold reverse",
@@ -44,10 +44,6 @@ def compact(count: int) -> str:
             value = count / scale
             return f"{value:.1f}{suffix}" if value < 100 else f"{value:.0f}{suffix}"
     return str(count)
-
-
-def signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.4f}"
 
 
 def _update(widget: Static, text: Text) -> None:
